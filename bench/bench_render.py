@@ -1,0 +1,96 @@
+"""Render timings, side by side: cold render -j1 vs -j2, no-change render, edit-one-entry render.
+
+    python bench/bench_render.py               # on the test fixture (copied to a temp dir)
+    python bench/bench_render.py --root .      # also: no-change renders of a real project, in place
+
+Each render runs as `python -m publish render` in a fresh interpreter, as a user would start it, so
+import time is included. Goal: a no-change render in <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "site" / "conftest.py"
+STAMP = ".lab-build"
+
+
+def load_fixture():
+    spec = importlib.util.spec_from_file_location("lab_site_fixture", FIXTURE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed_render(root: Path, *args: str, env: dict | None = None) -> tuple[float, str]:
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "publish", "render", "--root", str(root), *args],
+                          env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"render failed in {root}:\n{done.stdout}\n{done.stderr}")
+    summary = next((line for line in done.stdout.splitlines() if " document" in line and " executed, " in line), "")
+    return seconds, summary
+
+
+def bench_fixture(rows: list) -> None:
+    fixture = load_fixture()
+    with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
+        one = fixture.write_project(Path(tmp) / "j1")
+        two = fixture.write_project(Path(tmp) / "j2")
+        env1, env2 = {"LAB_STORE": str(one / "store")}, {"LAB_STORE": str(two / "store")}
+        t1, s1 = timed_render(one, "-j", "1", env=env1)
+        rows.append(("fixture", "cold render -j1", t1, s1))
+        t2, s2 = timed_render(two, "-j", "2", env=env2)
+        rows.append(("fixture", "cold render -j2", t2, s2))
+        rows.append(("fixture", "speed-up -j2 vs -j1", t1 / t2, "x (ratio, not seconds)"))
+        t, s = timed_render(two, env=env2)
+        rows.append(("fixture", "no-change render", t, s))
+        (two / "site" / STAMP).unlink()
+        t, s = timed_render(two, env=env2)
+        rows.append(("fixture", "no-change, site rebuilt", t, s))
+        entry = two / "log" / "2026-11-21-0912-second-look.py"
+        entry.write_text(entry.read_text().replace("range(10)", "range(13)"))
+        t, s = timed_render(two, env=env2)
+        rows.append(("fixture", "after editing one entry", t, s))
+
+
+def bench_root(root: Path, rows: list) -> None:
+    t, s = timed_render(root)
+    rows.append((root.name, "first render (may execute)", t, s))
+    t, s = timed_render(root)
+    rows.append((root.name, "no-change render", t, s))
+    stamp = root / "site" / STAMP
+    if stamp.exists():
+        stamp.unlink()
+    t, s = timed_render(root)
+    rows.append((root.name, "no-change, site rebuilt", t, s))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="also time renders of this project (renders it in place)")
+    args = parser.parse_args()
+    rows: list = []
+    bench_fixture(rows)
+    if args.root:
+        bench_root(args.root.resolve(), rows)
+    print(f"{'project':<12} {'measurement':<28} {'value':>8}  summary")
+    for project, what, value, summary in rows:
+        unit = "" if "speed-up" in what else " s"
+        print(f"{project:<12} {what:<28} {value:>6.2f}{unit:<2}  {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Benchmark of the experiment rig on this machine: `python bench/bench_train.py [--quick]`.
+
+On the default site config (flannel-1: D 64, 2 layers, vocab 10,000, batch 8x128) it times, side by side:
+a plain PyTorch loop of the same model; our loop without recording; recording W (dead rows = the site
+default, and all rows) every step; W, m, v and grad of all rows every step. It reports ms/step, the ratio
+plain/ours (>= 1.0 means our loop is at least as fast), the recording overhead, the share of the machine's
+bf16 matmul peak (a step's matmul FLOPs over a measured torch bf16 matmul rate), bytes on disk per recorded
+step, peak RSS when recording 1k vs 4k steps (a smaller model, D 16, batch 2x32, W of all 10,000 rows every
+step, so the writes dominate), the time to read one token's full trajectory, and the seeds' batch
+(32x128) extrapolated to 1,000 steps beside the seeds' own figure (26.7 s on an Apple M4 laptop GPU).
+
+The machine may be shared, so ms/step is the fastest 10-step window over `--repeat` runs of each variant
+(in rotating order), not the total. `--quick` is a
+one-minute version (fewer steps, 100 vs 400 recorded steps for the RSS figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments import runs as R  # noqa: E402
+from experiments.config import load_config, resolve_device  # noqa: E402
+from experiments.model import GPT, flops_per_step  # noqa: E402
+from experiments.record import Run  # noqa: E402
+from experiments.train import train  # noqa: E402
+
+SEED_SECONDS = 26.7  # 1,000 Flannel 1 steps, batch 32x128, Apple M4 laptop GPU (MPS), HF Trainer
+
+_RSS_CHILD = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from experiments import runs as R
+from experiments.config import load_config, resolve_device
+from experiments.train import train
+cfg = resolve_device(load_config("flannel-1", **json.loads(sys.argv[2])))
+p = R._prepare(cfg, R.store_dir())
+out = train(cfg, p, sys.argv[3], {"name": "rss", "key": "0" * 16}, progress=False)
+print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **out}))
+"""
+
+
+def matmul_rate(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1.0) -> float:
+    """Measured FLOP/s of an (m x k) @ (k x n) torch matmul."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> float:
+    """The same model and optimizer in the plainest loop: no determinism flags, no recording, random batches.
+
+    Returns the fastest 10-step window's seconds per step, measured as `train` does.
+    """
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = GPT(vocab, cfg["model"])
+    model.init_weights(torch.Generator().manual_seed(0))
+    model = model.to(torch.bfloat16)
+    o = cfg["optim"]
+    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+                            weight_decay=o["weight_decay"], foreach=True)
+    B, L = cfg["train"]["batch_size"], cfg["train"]["seq_len"]
+    data = torch.from_numpy(ids.astype(np.int64))
+    offsets = torch.arange(L)
+    stamps, best = [time.perf_counter()], float("inf")
+    for _ in range(steps):
+        x = data[torch.randint(0, len(data) - L, (B,))[:, None] + offsets]
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        stamps.append(time.perf_counter())
+        if len(stamps) > 10:
+            best = min(best, (stamps[-1] - stamps[-11]) / 10)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="about one minute instead of about ten")
+    ap.add_argument("--steps", type=int, help="steps per timed variant (default 150, quick 30)")
+    ap.add_argument("--repeat", type=int, help="alternating repetitions, best kept (default 5, quick 3)")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args()
+    steps = args.steps or (50 if args.quick else 100)
+    repeat = args.repeat or (3 if args.quick else 5)
+    rss_steps = (100, 400) if args.quick else (1000, 4000)
+    threads = load_config("flannel-1")["train"]["threads"]
+    torch.set_num_threads(threads)
+
+    base = resolve_device(load_config("flannel-1", **{"train.steps": steps}))
+    print(f"preparing data (cached in {R.store_dir() / 'data'}) ...", flush=True)
+    prepared = R._prepare(base, R.store_dir())
+    V = prepared.vocab_size
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    variants = {
+        "ours, no recording": {"record.tensors": []},
+        "ours, W (dead rows) every step": {"record.tensors": ["W"], "record.rows": "dead"},
+        "ours, W (all rows) every step": {"record.tensors": ["W"], "record.rows": "all"},
+        "ours, W m v grad (all rows)": {"record.tensors": ["W", "m", "v", "grad"], "record.rows": "all"},
+    }
+    seconds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    print(f"timing {steps} steps per variant, best of {repeat} (threads={threads}) ...", flush=True)
+    # warm-up: the first steps of a process pay for allocator growth and kernel selection
+    plain_loop(base, prepared.ids, V, 10)
+    warm = resolve_device(load_config("flannel-1", **{"train.steps": 10, "record.tensors": []}))
+    train(warm, prepared, tmp / "w.h5", {"name": "bench", "key": "0" * 16}, progress=False)
+    labels = ["plain PyTorch loop", *variants]
+    for r in range(repeat):
+        # rotate the order each repeat, so no variant always runs right after the same neighbour
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            if label == "plain PyTorch loop":
+                t = plain_loop(base, prepared.ids, V, steps) * steps
+            else:
+                cfg = resolve_device(load_config("flannel-1", **{"train.steps": steps}, **variants[label]))
+                path = tmp / "v.h5"
+                out = train(cfg, prepared, path, {"name": "bench", "key": "0" * 16}, progress=False)
+                t = out["best_step_seconds"] * steps
+                sizes[label] = path.stat().st_size // (steps + 1)
+                path.unlink()
+            seconds[label] = min(seconds.get(label, 1e9), t)
+    seconds = {label: seconds[label] for label in labels}
+
+    # the seeds' batch (32x128), no recording, extrapolated to 1,000 steps
+    seed_steps = max(25, steps // 4)
+    seed_cfg = resolve_device(load_config("flannel-1-seed", **{"train.steps": seed_steps, "record.tensors": []}))
+    seed_out = train(seed_cfg, prepared, tmp / "s.h5", {"name": "bench", "key": "0" * 16}, progress=False)
+    seed_ms = seed_out["best_step_seconds"] * 1000
+    seed_1000 = seed_out["best_step_seconds"] * 1000  # seconds for 1,000 steps
+
+    print("measuring bf16 matmul peak ...", flush=True)
+    peak = matmul_rate(2048, 2048, 2048)
+    B, L = base["train"]["batch_size"], base["train"]["seq_len"]
+    shape_rate = matmul_rate(B * (L - 1), base["model"]["d_model"], V)
+    flops = flops_per_step(V, base["model"], base["train"]["batch_size"], base["train"]["seq_len"])
+
+    print(f"peak RSS while recording {rss_steps[0]} vs {rss_steps[1]} steps (small model) ...", flush=True)
+    rss = {}
+    for n in rss_steps:
+        small = {"train.steps": n, "train.batch_size": 2, "train.seq_len": 32, "model.d_model": 16,
+                 "model.d_ff": 32, "model.context": 32, "record.rows": "all", "record.tensors": ["W"]}
+        out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(ROOT), json.dumps(small), str(tmp / f"r{n}.h5")],
+                             capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+        if out.returncode:
+            print(out.stderr, file=sys.stderr)
+            return 1
+        rss[n] = json.loads(out.stdout.strip().splitlines()[-1])
+        rss[n]["bytes"] = (tmp / f"r{n}.h5").stat().st_size
+
+    big = tmp / f"r{rss_steps[1]}.h5"
+    import h5py
+
+    with h5py.File(big, "r+") as f:  # the reader wants a complete run's attributes
+        for k, v in {"config": json.dumps({"record": {"rows": "all"}}), "key_parts": "{}", "versions": "{}",
+                     "created": "", "description": ""}.items():
+            f.attrs[k] = v
+    run = Run(big)
+    token = int(run.tokens[len(run.tokens) // 2])
+    t0 = time.perf_counter()
+    traj = run.trajectory(token)
+    read_s = time.perf_counter() - t0
+
+    plain, ours = seconds["plain PyTorch loop"], seconds["ours, no recording"]
+    rows = []
+    for label, s in seconds.items():
+        ms = s / steps * 1000
+        extra = ""
+        if label != "plain PyTorch loop":
+            extra = f"{(s / ours - 1) * 100:+.1f}% vs no recording"
+        if label == "ours, no recording":
+            extra = f"plain/ours = {plain / ours:.2f}"
+        size = f"{sizes[label] / 1024:.0f} KiB" if label in sizes and sizes[label] > 4096 else ""
+        rows.append((label, f"{ms:.1f}", f"{flops / (s / steps) / peak * 100:.1f}%", size, extra))
+    header = ("flannel-1 site config (8x128)", "ms/step", "of bf16 peak", "disk/step", "")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    print()
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print()
+    print(f"bf16 matmul peak (torch 2048^3, {threads} threads): {peak / 1e9:.1f} GFLOP/s; the step's dominant "
+          f"shape ({B * (L - 1)}x{base['model']['d_model']} @ {base['model']['d_model']}x{V}) runs at "
+          f"{shape_rate / 1e9:.1f} GFLOP/s; one step = {flops / 1e9:.2f} GFLOP of matmuls")
+    print(f"seeds' batch 32x128: {seed_ms:.0f} ms/step -> 1,000 steps in "
+          f"{seed_1000:.0f} s here, vs {SEED_SECONDS} s on an Apple M4 laptop GPU")
+    a, b = rss_steps
+    print(f"peak RSS recording {a} vs {b} steps (D 16, batch 2x32, W of all {len(run.tokens)} rows): "
+          f"{rss[a]['rss_kib'] / 1024:.0f} MiB vs {rss[b]['rss_kib'] / 1024:.0f} MiB "
+          f"(files {rss[a]['bytes'] / 2**20:.0f} MiB vs {rss[b]['bytes'] / 2**20:.0f} MiB, "
+          f"{rss[b]['bytes'] / (b + 1) / 1024:.0f} KiB per recorded step)")
+    print(f"read one token's full W trajectory ({traj.shape[0]} steps x {traj.shape[1]}) from the {b}-step file: "
+          f"{read_s * 1000:.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "steps": steps, "ms_per_step": {k: v / steps * 1000 for k, v in seconds.items()},
+            "bytes_per_step": sizes, "peak_flops": peak, "shape_flops": shape_rate, "step_flops": flops, "seed_1000_steps_s": seed_1000,
+            "rss_kib": {str(k): v["rss_kib"] for k, v in rss.items()}, "trajectory_read_s": read_s}, indent=2))
+    for p in tmp.iterdir():
+        p.unlink()
+    tmp.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""`lab train | runs | show | gc`: the run store from the command line.
+
+`register(subparsers, used_keys)` adds the subcommands; each handler returns an exit code (0 ok, 2 bad
+config or data, 130 interrupted). `used_keys` is a callable returning the run keys rendered documents used
+(the `lab` dispatcher asks the document cache); `gc` keeps those and deletes every other complete run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+
+from experiments.errors import ConfigError, DataError
+
+
+def _fail(cmd: str, err: Exception) -> int:
+    print(f"lab {cmd}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from experiments.config import load_config, parse_set
+    from experiments.runs import run, sweep
+
+    try:
+        overrides = parse_set(args.set or [])
+        if args.device:
+            overrides["train.device"] = args.device
+        cfg = load_config(args.name, **overrides)
+        if cfg["sweep"]:
+            runs = sweep(args.name, jobs=args.jobs, **overrides)
+        else:
+            runs = [run(args.name, **overrides)]
+    except KeyboardInterrupt:
+        print(f"lab train: interrupted; {args.name} was not stored (temporary file removed)", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError) as e:
+        return _fail("train", e)
+    for r in runs:
+        print(f"{r.name}  {r.key}  {r.path}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from experiments.runs import list_runs
+
+    rows = list_runs()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs in the store")
+        return 0
+    header = ("name", "key", "steps", "size", "status", "created")
+    table = [header] + [(r["name"], r["key"], str(r["steps"] if r["steps"] is not None else "?"),
+                         _size(r["size"]), r["status"], r["created"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import h5py
+
+    from experiments.runs import find
+
+    try:
+        r = find(args.run)
+    except DataError as e:
+        return _fail("show", e)
+    print(f"{r.name}  key {r.key}  {r.path}")
+    print(f"created {r.created}; {r.steps_total} steps, {len(r.steps)} recorded, {len(r.tokens)} rows")
+    if r.description:
+        print(r.description)
+    print("\nversions:", json.dumps(r.versions, sort_keys=True))
+    print("key parts:", json.dumps(r.key_parts, sort_keys=True))
+    print("\nconfig:")
+    print(json.dumps(r.config, indent=2, sort_keys=True))
+    print("\ndatasets:")
+    with h5py.File(r.path, "r") as f:
+        for name in sorted(f):
+            ds = f[name]
+            stored = str(ds.dtype) + (f" ({ds.attrs['dtype']} bits)" if ds.attrs.get("dtype") == "bfloat16" else "")
+            print(f"  /{name:<11} {str(ds.shape):<18} {stored:<24} chunks {ds.chunks}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, used_keys: Callable[[], Iterable[str]] | None) -> int:
+    from experiments.runs import gc
+
+    if used_keys is None:
+        print("lab gc: error: no document cache to ask which runs are used; nothing deleted", file=sys.stderr)
+        return 2
+    try:
+        keep = set(used_keys())
+        doomed = gc(keep, dry_run=args.dry_run)
+    except (ConfigError, DataError, OSError) as e:
+        return _fail("gc", e)
+    verb = "would delete" if args.dry_run else "deleted"
+    for path in doomed:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(doomed)} file(s); kept runs used by {len(keep)} key(s)")
+    return 0
+
+
+def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -> None:
+    p = subparsers.add_parser("train", help="train a preset (or every member of a sweep) into the run store")
+    p.add_argument("name", help="preset name (experiments/configs/NAME.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the preset's, auto = cuda > mps > cpu)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes for a sweep (default 1)")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("runs", help="list the runs in the store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_runs)
+
+    p = subparsers.add_parser("show", help="show a run's config and recorded datasets")
+    p.add_argument("run", help="run name, key, key prefix or file name")
+    p.set_defaults(func=cmd_show)
+
+    p = subparsers.add_parser("gc", help="delete runs no rendered document uses, and stale temp files")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.set_defaults(func=lambda args: cmd_gc(args, used_keys))

@@ -1,0 +1,320 @@
+"""The Flannel tokenizer: a character-level BPE, and the live/dead census of its vocabulary.
+
+Recipe (the seeds' B3/1.19b): HF ``tokenizers`` BPE model, Whitespace pre-tokenizer (word-character runs and
+punctuation runs; whitespace is dropped), no normalizer, no byte fallback, ``initial_alphabet`` = every
+distinct character of the tokenizer text, ``min_frequency`` 2, one special token ``<|endoftext|>`` (id 0).
+Not byte-level: every token decodes to clean Unicode, and the whole alphabet (whitespace characters and
+characters that never reach the training text included) is in the vocabulary, which is where many of the
+dead tokens come from.
+
+``prepare`` is what training needs: the training text encoded once and cached as ``.npy`` next to the
+tokenizer JSON, so a second call costs file reads only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+from filelock import FileLock
+from tokenizers import Tokenizer
+from tokenizers.models import BPE
+from tokenizers.pre_tokenizers import Whitespace
+from tokenizers.trainers import BpeTrainer
+from tqdm.auto import tqdm
+
+from .corpus import Corpus, Loader, atomic_write, build_corpus, data_dir, module_source_sha256, sha256_hex
+from .errors import ConfigError, DataError
+
+# Bump when a cached tokenizer or id stream would mean something different.
+FORMAT = 1
+
+DEFAULT_TOKENIZER: dict = {"vocab_size": 10000, "min_frequency": 2, "special_tokens": ["<|endoftext|>"]}
+
+_CHUNK_BYTES = 1 << 16  # encode/training pieces; split at newlines, which the pre-tokenizer drops anyway
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class Prepared:
+    """Everything training needs."""
+
+    ids: np.ndarray  # int32 training token stream (the train_text encoded)
+    vocab_size: int
+    counts: np.ndarray  # int64 (V,) occurrences of each id in ids
+    dead: np.ndarray  # bool (V,) counts == 0
+    tokenizer_json: str  # tokenizer.to_str(), stored inside every run file
+    corpus_sha256: str
+    tokenizer_sha256: str  # sha256 of tokenizer_json
+    manifest: dict
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def validate_tokenizer_config(cfg: dict | None) -> dict:
+    """Return a complete tokenizer config (defaults filled in); raise ConfigError naming the bad key."""
+    cfg = {} if cfg is None else cfg
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"tokenizer: expected a mapping of settings, got {type(cfg).__name__}")
+    for key in cfg:
+        if key not in DEFAULT_TOKENIZER:
+            raise ConfigError(f"tokenizer.{key}: unknown key; known keys: {', '.join(DEFAULT_TOKENIZER)}")
+    out = {}
+    for key, lo in (("vocab_size", 2), ("min_frequency", 1)):
+        v = cfg.get(key, DEFAULT_TOKENIZER[key])
+        if v is None:
+            raise ConfigError(f"tokenizer.{key}: missing value (null); default is {DEFAULT_TOKENIZER[key]}")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"tokenizer.{key}: expected an integer, got {v!r}")
+        if v < lo:
+            raise ConfigError(f"tokenizer.{key}: must be >= {lo}, got {v}")
+        out[key] = v
+    specials = cfg.get("special_tokens", DEFAULT_TOKENIZER["special_tokens"])
+    if not isinstance(specials, list) or not all(isinstance(s, str) and s for s in specials):
+        raise ConfigError(f"tokenizer.special_tokens: expected a list of non-empty strings, got {specials!r}")
+    if len(set(specials)) != len(specials):
+        raise ConfigError(f"tokenizer.special_tokens: lists a token twice: {specials}")
+    out["special_tokens"] = list(specials)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def _chunks(text: str, size: int = _CHUNK_BYTES) -> Iterator[str]:
+    """Pieces of about ``size`` characters cut at newlines (so no pre-token is split)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def _tokenizer_path(corpus: Corpus, cfg: dict, cache_dir: Path) -> Path:
+    key = sha256_hex(json.dumps(
+        {"format": FORMAT, "config": cfg, "corpus": corpus.sha256, "tokenizers": tokenizers.__version__,
+         "code": module_source_sha256(__file__)},
+        sort_keys=True,
+    ))
+    return Path(cache_dir) / f"tokenizer-{key[:16]}.json"
+
+
+def _load_tokenizer(path: Path) -> Tokenizer | None:
+    try:
+        return Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except Exception:  # missing or unparsable: rebuild (writes are atomic, so this is rare)
+        return None
+
+
+def _train(text: str, cfg: dict) -> Tokenizer:
+    alphabet = sorted(set(text))
+    specials = cfg["special_tokens"]
+    smallest = len(alphabet) + len(specials)
+    if cfg["vocab_size"] < smallest:
+        raise ConfigError(
+            f"tokenizer.vocab_size: {cfg['vocab_size']} is smaller than the {len(alphabet)} distinct characters "
+            f"of the tokenizer text plus {len(specials)} special token(s) = {smallest}; a character-level BPE "
+            f"needs them all (raise tokenizer.vocab_size or shrink corpus.tokenizer_bytes)"
+        )
+    tok = Tokenizer(BPE(byte_fallback=False))  # no unk token: every character is in the alphabet
+    tok.pre_tokenizer = Whitespace()
+    trainer = BpeTrainer(
+        vocab_size=cfg["vocab_size"],
+        min_frequency=cfg["min_frequency"],
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        # Rust progress bars write stray newlines to fd 1, which a notebook kernel would capture into pages.
+        show_progress=sys.stderr.isatty(),
+    )
+    pieces = list(_chunks(text))
+    tok.train_from_iterator(pieces, trainer=trainer, length=len(pieces))
+    got = tok.get_vocab_size()
+    if got != cfg["vocab_size"]:
+        raise DataError(
+            f"tokenizer: the tokenizer text ({len(text.encode())} bytes) only supports {got} tokens with "
+            f"min_frequency {cfg['min_frequency']}, not tokenizer.vocab_size {cfg['vocab_size']}; raise "
+            f"corpus.tokenizer_bytes or lower tokenizer.vocab_size"
+        )
+    if specials and tok.token_to_id(specials[0]) != 0:
+        raise DataError(f"tokenizer: special token {specials[0]!r} did not get id 0")
+    return tok
+
+
+def train_tokenizer(corpus: Corpus, cfg: dict, cache_dir: Path) -> Tokenizer:
+    """The Flannel tokenizer for ``corpus`` (trained once, then read from ``cache_dir``)."""
+    cfg = validate_tokenizer_config(cfg)
+    path = _tokenizer_path(corpus, cfg, cache_dir)
+    if path.exists() and (tok := _load_tokenizer(path)) is not None:
+        return tok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists() and (tok := _load_tokenizer(path)) is not None:
+            return tok
+        text = _train(corpus.tokenizer_text, cfg).to_str()
+        atomic_write(path, text)
+    return Tokenizer.from_str(text)  # the same object a later cache hit returns
+
+
+# ------------------------------------------------------------------------------------------- encoding
+
+
+def encode(tokenizer: Tokenizer, text: str, desc: str = "encoding") -> np.ndarray:
+    """``tokenizer.encode(text).ids`` as int32, computed in parallel batches of newline-aligned pieces."""
+    pieces = list(_chunks(text))
+    out: list[np.ndarray] = []
+    batch = 32
+    for i in tqdm(range(0, len(pieces), batch), desc=desc, unit="batch", leave=False):
+        for enc in tokenizer.encode_batch(pieces[i : i + batch], add_special_tokens=False):
+            out.append(np.asarray(enc.ids, dtype=np.int32))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+
+def _load_ids(path: Path, vocab_size: int) -> np.ndarray | None:
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if ids.dtype != np.int32 or ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= vocab_size)):
+        return None
+    return ids
+
+
+def prepare(
+    corpus_cfg: dict, tokenizer_cfg: dict, cache_dir: Path | None = None, *, loader: Loader | None = None
+) -> Prepared:
+    """Corpus, tokenizer and encoded training stream, each cached under ``cache_dir`` (default <store>/data)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else data_dir()
+    corpus = build_corpus(corpus_cfg, cache_dir, loader=loader)
+    tok = train_tokenizer(corpus, tokenizer_cfg, cache_dir)
+    tokenizer_json = tok.to_str()
+    tokenizer_sha = sha256_hex(tokenizer_json)
+    vocab_size = tok.get_vocab_size()
+    key = sha256_hex(json.dumps({"format": FORMAT, "corpus": corpus.sha256, "tokenizer": tokenizer_sha}))
+    path = Path(cache_dir) / f"ids-{key[:16]}.npy"
+    ids = _load_ids(path, vocab_size) if path.exists() else None
+    if ids is None:
+        with FileLock(str(path) + ".lock"):
+            ids = _load_ids(path, vocab_size) if path.exists() else None
+            if ids is None:
+                ids = encode(tok, corpus.train_text, "encoding training text")
+                atomic_write(path, lambda f: np.save(f, ids, allow_pickle=False))
+    counts = np.bincount(ids, minlength=vocab_size).astype(np.int64)
+    return Prepared(
+        ids=ids,
+        vocab_size=vocab_size,
+        counts=counts,
+        dead=counts == 0,
+        tokenizer_json=tokenizer_json,
+        corpus_sha256=corpus.sha256,
+        tokenizer_sha256=tokenizer_sha,
+        manifest=corpus.manifest,
+    )
+
+
+# --------------------------------------------------------------------------------------------- census
+
+SCRIPTS = ("thai", "latin", "cjk", "hangul", "digits", "punctuation", "whitespace", "other", "special")
+
+_CJK_RANGES = (
+    (0x2E80, 0x2FDF),  # CJK radicals, Kangxi radicals
+    (0x3000, 0x30FF),  # CJK symbols and punctuation, Hiragana, Katakana
+    (0x3100, 0x312F),  # Bopomofo
+    (0x31F0, 0x31FF),  # Katakana phonetic extensions
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF00, 0xFFEF),  # halfwidth and fullwidth forms
+    (0x20000, 0x3FFFF),  # CJK extensions B onwards
+)
+_HANGUL_RANGES = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xAC00, 0xD7FF))
+
+
+def _in(ch: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    o = ord(ch)
+    return any(lo <= o <= hi for lo, hi in ranges)
+
+
+def _is_latin(ch: str) -> bool:
+    return ch.isalpha() and unicodedata.name(ch, "").startswith("LATIN")
+
+
+def script_of(token: str) -> str:
+    """The script of a vocabulary token, by Unicode block/category of its characters.
+
+    A letter script wins over digits and marks (Thai > Hangul > CJK > Latin; "1st" is Latin, Thai digits are
+    Thai). Without letters of those scripts: all decimal digits -> "digits", all whitespace -> "whitespace",
+    all punctuation or symbols -> "punctuation", anything else (Greek, Cyrillic, mixed, ...) -> "other".
+    "special" is not decided here (a token's text does not say it is special): ``census`` labels those.
+    """
+    if not token:
+        return "other"
+    if any(0x0E00 <= ord(c) <= 0x0E7F for c in token):
+        return "thai"
+    if any(_in(c, _HANGUL_RANGES) for c in token):
+        return "hangul"
+    if any(_in(c, _CJK_RANGES) for c in token):
+        return "cjk"
+    if any(_is_latin(c) for c in token):
+        return "latin"
+    cats = [unicodedata.category(c) for c in token]
+    if all(c == "Nd" for c in cats):
+        return "digits"
+    if all(c.isspace() for c in token):
+        return "whitespace"
+    if all(c[0] in "PS" for c in cats):
+        return "punctuation"
+    return "other"
+
+
+def census(prepared: Prepared, tokenizer: Tokenizer, top: int = 20, examples: int = 10) -> dict:
+    """Live/dead census of the vocabulary on the training stream (plain data, JSON-serialisable)."""
+    V = prepared.vocab_size
+    counts = prepared.counts
+    id_to_token = [tokenizer.id_to_token(i) for i in range(V)]
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    scripts = ["special" if t in specials else script_of(t) for t in id_to_token]
+    live = counts > 0
+    live_counts = counts[live]
+    chars = prepared.manifest.get("texts", {}).get("train", {}).get("chars", 0)
+
+    by_script: dict[str, dict[str, int]] = {}
+    dead_examples: dict[str, list[str]] = {}
+    for i, s in enumerate(scripts):
+        row = by_script.setdefault(s, {"vocab": 0, "live": 0, "dead": 0})
+        row["vocab"] += 1
+        row["live" if live[i] else "dead"] += 1
+        if not live[i] and len(dead_examples.setdefault(s, [])) < examples:
+            dead_examples[s].append(id_to_token[i])
+    order = sorted(by_script, key=lambda s: (-by_script[s]["dead"], SCRIPTS.index(s)))
+    top_ids = np.argsort(-counts, kind="stable")[:top]
+    return {
+        "vocab_size": V,
+        "tokens": int(prepared.ids.size),
+        "chars": int(chars),
+        "tokens_per_char": float(prepared.ids.size / chars) if chars else None,
+        "live": int(live.sum()),
+        "dead": int(V - live.sum()),
+        "live_fraction": float(live.mean()),
+        "dead_fraction": float(1 - live.mean()),
+        # "mostly dead" candidates: a kick or two, then nothing
+        "seen_once": int((counts == 1).sum()),
+        "seen_twice": int((counts == 2).sum()),
+        "live_counts": {
+            "min": int(live_counts.min()) if live_counts.size else 0,
+            "max": int(live_counts.max()) if live_counts.size else 0,
+            "mean": float(live_counts.mean()) if live_counts.size else 0.0,
+            "median": float(np.median(live_counts)) if live_counts.size else 0.0,
+        },
+        "top": [{"id": int(i), "token": id_to_token[i], "count": int(counts[i])} for i in top_ids],
+        "dead_by_script": {s: by_script[s]["dead"] for s in order},
+        "by_script": {s: by_script[s] for s in order},
+        "dead_examples": {s: dead_examples[s] for s in order if dead_examples.get(s)},
+        "dead_ids": [int(i) for i in np.flatnonzero(~live)],
+    }

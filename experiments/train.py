@@ -1,0 +1,293 @@
+"""The training loop: minimal, explicit, deterministic, and recording what an AdamW replay needs.
+
+Per step t = 1..S:  forward -> backward -> record grad[t] (unclipped) -> clip (scale recorded, 1.0 when
+none) -> set lr(t) -> optimizer step -> (master variants: write fp32 master into the bf16 model) ->
+record W[t], m[t], v[t].  So m[t], v[t] are the states that produced W[t]. Step 0 records the initialization.
+
+Determinism: the init draws from its own torch.Generator(init_seed) and the data order from another
+(data_seed), so "same init, different data order" is one config change; deterministic algorithms are on and
+the CPU thread count is fixed by `train.threads` (CPU results differ between thread counts). Global torch
+settings are restored afterwards because pages train in their own kernel. AdamW's implementation is pinned
+(`optim.impl`) and recorded in `versions`, since the replay must match its exact arithmetic.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.errors import ConfigError, DataError
+from experiments.record import Recorder
+
+_FLUSH_EVERY = 50  # steps of loss/lr/clip buffered before a write (keeps per-step device syncs away)
+
+
+def plan(cfg: dict, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which token rows and which steps the config records: (tokens int32 sorted, steps int32 sorted)."""
+    V, S = len(dead), cfg["train"]["steps"]
+    rows = cfg["record"]["rows"]
+    if rows == "all":
+        tokens = np.arange(V)
+    elif rows == "dead":
+        tokens = np.nonzero(dead)[0]
+    elif rows == "live":
+        tokens = np.nonzero(~dead)[0]
+    else:
+        tokens = np.asarray(rows)
+        if tokens.max() >= V:
+            raise ConfigError(f"record.rows: token id {int(tokens.max())} is outside the vocabulary (size {V})")
+    steps = cfg["record"]["steps"]
+    if steps == "all":
+        steps = np.arange(S + 1)
+    elif isinstance(steps, dict):
+        steps = np.arange(0, S + 1, steps["every"])
+    return np.asarray(tokens, dtype=np.int32), np.asarray(steps, dtype=np.int32)
+
+
+def versions(cfg: dict) -> dict[str, Any]:
+    import h5py
+    import torch
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "h5py": h5py.__version__, "optimizer": f"torch.optim.AdamW(impl={cfg['optim']['impl']})",
+            "optimizer_impl": cfg["optim"]["impl"], "device": cfg["train"]["device"],
+            "threads": cfg["train"]["threads"], "machine": platform.machine()}
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int, device: str):
+    import torch
+
+    if device.startswith("cuda"):  # cuBLAS needs this for deterministic algorithms
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+class Batches:
+    """Windows of seq_len tokens in an order fixed by data_seed; a fresh permutation every epoch.
+
+    sliding: every start offset (len(ids) - seq_len windows, as the Flannel/Thimble 1-7 datasets).
+    chunks: non-overlapping windows, shuffled each epoch, last partial batch dropped (Thimble 8+/Crucible).
+    """
+
+    def __init__(self, ids: np.ndarray, cfg: dict):
+        import torch
+
+        t = cfg["train"]
+        self.L, self.B = t["seq_len"], t["batch_size"]
+        self.ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        self.sliding = t["dataset"] == "sliding"
+        n = len(ids) - self.L if self.sliding else len(ids) // self.L
+        self.n_windows = max(0, n)
+        self.per_epoch = self.n_windows // self.B
+        if self.per_epoch == 0:
+            raise DataError(f"the corpus has {len(ids)} tokens: too few for one batch of {self.B} x {self.L} "
+                            f"({t['dataset']} windows); raise corpus.train_bytes or lower train.batch_size")
+        self.gen = torch.Generator().manual_seed(t["data_seed"])
+        self.offsets = torch.arange(self.L)
+        self._perm, self._pos = None, 0
+
+    def next(self):
+        import torch
+
+        if self._perm is None or self._pos + self.B > self.per_epoch * self.B:
+            self._perm, self._pos = torch.randperm(self.n_windows, generator=self.gen), 0
+        starts = self._perm[self._pos: self._pos + self.B]
+        self._pos += self.B
+        if not self.sliding:
+            starts = starts * self.L
+        return self.ids[starts[:, None] + self.offsets]
+
+
+def _bits(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.float().numpy()
+
+
+def _dtype_name(t) -> str:
+    import torch
+
+    return "bfloat16" if t.dtype == torch.bfloat16 else "float32"
+
+
+def _stochastic_round_(dst, src, gen) -> None:
+    """dst (bf16) <- src (fp32) rounded up or down with probability by distance: add 16 random low bits, cut."""
+    import torch
+
+    noise = torch.randint(0, 1 << 16, src.shape, generator=gen, device=src.device, dtype=torch.int32)
+    bits = (src.view(torch.int32) + noise) & ~0xFFFF
+    dst.copy_(bits.view(torch.float32))  # exact: the low 16 bits are zero
+
+
+def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress: bool = True) -> dict:
+    """Train `cfg` (resolved, device fixed) on `prepared` data, recording into `path`.
+
+    Returns a summary: final_loss, tokens (rows recorded), steps_recorded, seconds (the loop's wall time),
+    best_step_seconds (the fastest 10-step window per step; CPU timing, the loop does not sync a GPU).
+
+    The file at `path` is complete (attr complete=1, fsynced) when this returns; on any exception it may be
+    half-written and the caller removes it.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from experiments.model import GPT
+
+    t_cfg, o_cfg, prec = cfg["train"], cfg["optim"], cfg["precision"]["dtype"]
+    device = torch.device(t_cfg["device"])
+    V, S = prepared.vocab_size, t_cfg["steps"]
+    tokens, steps = plan(cfg, prepared.dead)
+    wanted = cfg["record"]["tensors"]
+
+    with _torch_settings(t_cfg["threads"], t_cfg["device"]):
+        model = GPT(V, cfg["model"])
+        model.init_weights(torch.Generator().manual_seed(t_cfg["init_seed"]))
+        master = None
+        if prec == "fp32":
+            model = model.to(device)
+        else:
+            if prec.startswith("fp32-master"):
+                master = [p.detach().to(device, torch.float32).clone().requires_grad_(True)
+                          for p in model.parameters()]
+            model = model.to(device=device, dtype=torch.bfloat16)  # .to() rounds to nearest even
+        params = list(model.parameters())
+        opt_params = master if master is not None else params
+        impl = o_cfg["impl"]
+        try:
+            opt = torch.optim.AdamW(opt_params, lr=o_cfg["lr"], betas=tuple(o_cfg["betas"]), eps=o_cfg["eps"],
+                                    weight_decay=o_cfg["weight_decay"], foreach=impl == "foreach",
+                                    fused=impl == "fused")
+        except RuntimeError as e:
+            raise ConfigError(f"optim.impl: {impl} is not available here: {e}") from None
+        w_index = next(i for i, p in enumerate(params) if p is model.W)
+        opt_W = opt_params[w_index]
+        sr_gen = None
+        if prec == "fp32-master-sr":
+            sr_gen = torch.Generator(device=device).manual_seed(cfg["precision"]["sr_seed"])
+
+        rows_t = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        all_rows = len(tokens) == V
+
+        def rows_of(t):
+            return t.detach() if all_rows else t.detach().index_select(0, rows_t)
+
+        state_dtype = "float32" if master is not None or prec == "fp32" else "bfloat16"
+        dtypes = {"W": _dtype_name(model.W), "E": _dtype_name(model.W), "m": state_dtype, "v": state_dtype,
+                  "grad": _dtype_name(model.W), "h_mean": "float32"}
+        rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S,
+                       d_model=cfg["model"]["d_model"], tensors={k: dtypes[k] for k in wanted},
+                       dead=prepared.dead, counts=prepared.counts)
+        try:
+            batches = Batches(prepared.ids, cfg)
+
+            def record_state(step: int, grad=None, h_mean=None) -> None:
+                out = {}
+                if "W" in wanted:
+                    out["W"] = _bits(rows_of(model.W))
+                if "E" in wanted:
+                    out["E"] = _bits(rows_of(model.E))
+                state = opt.state.get(opt_W, {})
+                for name, key in (("m", "exp_avg"), ("v", "exp_avg_sq")):
+                    if name in wanted:
+                        s = state.get(key)
+                        out[name] = (_bits(rows_of(s)) if s is not None else
+                                     np.zeros((len(tokens), model.W.shape[1]),
+                                              np.uint16 if state_dtype == "bfloat16" else np.float32))
+                if "grad" in wanted:
+                    out["grad"] = (grad if grad is not None else
+                                   np.zeros((len(tokens), model.W.shape[1]),
+                                            np.uint16 if dtypes["grad"] == "bfloat16" else np.float32))
+                if "h_mean" in wanted:
+                    out["h_mean"] = (h_mean if h_mean is not None else
+                                     np.full(model.W.shape[1], np.nan, np.float32))
+                rec.write_step(step, out)
+
+            if rec.wants(0):
+                record_state(0)
+            buf_loss, buf_lr, buf_clip, buf_start = [], [], [], 1
+            bar = tqdm(total=S, desc=cfg["name"], unit="step", disable=not progress, mininterval=0.5)
+            started = time.perf_counter()
+            # fastest 10-step window: the loop's speed on a shared machine, where totals include other load
+            stamps, best_step = collections.deque([started], maxlen=11), float("inf")
+            for step in range(1, S + 1):
+                x = batches.next().to(device, non_blocking=True)
+                logits, h = model(x[:, :-1], return_hidden=True)
+                loss = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
+                loss.backward()
+                recording = rec.wants(step)
+                # a copy: clipping scales the gradient in place before this step's record is written
+                g_bits = _bits(rows_of(model.W.grad)).copy() if recording and "grad" in wanted else None
+                h_mean = (h.detach().float().mean(dim=(0, 1)).cpu().numpy()
+                          if recording and "h_mean" in wanted else None)
+                if master is not None:
+                    for mp, p in zip(master, params, strict=True):
+                        mp.grad = p.grad.to(torch.float32)
+                        p.grad = None
+                grads = [p.grad for p in opt_params if p.grad is not None]
+                if o_cfg["clip"] is not None:
+                    # exactly torch.nn.utils.clip_grad_norm_'s arithmetic, keeping the applied scale
+                    total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=False)
+                    scale = torch.clamp(o_cfg["clip"] / (total + 1e-6), max=1.0)
+                    for g in grads:
+                        g.mul_(scale.to(g.device))
+                    buf_clip.append(scale.detach().float())
+                else:
+                    buf_clip.append(torch.ones((), device=device))
+                lr = o_cfg["lr"] if o_cfg["schedule"] == "constant" else \
+                    o_cfg["lr"] * max(0.0, float(S - (step - 1)) / float(max(1, S)))  # HF linear, no warmup
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if master is not None:
+                    with torch.no_grad():
+                        for mp, p in zip(master, params, strict=True):
+                            if sr_gen is None:
+                                p.copy_(mp)
+                            else:
+                                _stochastic_round_(p, mp.detach(), sr_gen)
+                buf_loss.append(loss.detach().float())
+                buf_lr.append(lr)
+                if recording:
+                    record_state(step, g_bits, h_mean)
+                stamps.append(time.perf_counter())
+                if len(stamps) == stamps.maxlen:
+                    best_step = min(best_step, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
+                if len(buf_loss) >= _FLUSH_EVERY or step == S:
+                    losses = torch.stack(buf_loss).cpu().numpy()
+                    rec.write_scalars(buf_start, losses, np.asarray(buf_lr, np.float64),
+                                      torch.stack(buf_clip).cpu().numpy())
+                    bar.update(len(buf_loss))
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                    buf_loss, buf_lr, buf_clip, buf_start = [], [], [], step + 1
+                    if not np.isfinite(losses).all():
+                        raise DataError(f"{cfg['name']}: loss became {losses[-1]} at step {step}; "
+                                        f"try a lower optim.lr")
+            bar.close()
+            seconds = time.perf_counter() - started
+            final_loss = float(losses[-1])
+            rec.finish({"final_loss": final_loss})
+        except BaseException:
+            rec.abort()
+            raise
+    return {"final_loss": final_loss, "tokens": len(tokens), "steps_recorded": len(steps), "seconds": seconds,
+            "best_step_seconds": best_step if best_step < float("inf") else seconds / S}

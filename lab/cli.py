@@ -1,0 +1,50 @@
+"""`lab` — dispatch subcommands to the package that owns them.
+
+This is the only module that imports both `experiments` and `publish`; each of those registers its own
+subcommands, so neither needs to know the other exists (see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _used_run_keys() -> set[str]:
+    # `lab gc` keeps every run a rendered document used; that knowledge lives in the document cache.
+    from publish.cache import used_run_keys
+    from publish.sources import find_root
+
+    return used_run_keys(find_root())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lab",
+        description="A literate lab notebook for dead-token dynamics: write entries, train runs, render the site.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    import experiments.cli
+    import publish.cli
+
+    publish.cli.register(sub)
+    experiments.cli.register(sub, used_keys=_used_run_keys)
+    try:  # the lattice instruments register `lab blackholes`
+        import experiments.blackholes_cli
+    except ImportError:
+        pass
+    else:
+        experiments.blackholes_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,84 @@
+"""Command line for the publishing machinery: `render` and `new`.
+
+`register(subparsers)` adds both to an argparse parser (lab/cli.py calls it); each handler is stored as
+`func` in the parsed namespace and returns an exit code. `python -m publish` uses the same parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _root(args: argparse.Namespace) -> Path:
+    from publish.sources import find_root
+
+    return find_root(args.root) if args.root else find_root()
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from publish.render import render
+
+    try:
+        root = _root(args)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return render(root, args.paths or None, jobs=args.jobs, force=args.force, keep_going=args.keep_going)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from publish.newentry import new_entry
+
+    try:
+        root = _root(args)
+        path = new_entry(root, args.title, lore=args.lore, date=args.date, categories=tuple(args.category))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `render` and `new` to an argparse subparsers object."""
+    p = subparsers.add_parser("render", help="execute what changed and build the site",
+                              description="Execute changed documents (cached otherwise) and rebuild site/.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="render only these sources; the others are reused from the cache as they are")
+    p.add_argument("-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                   help="documents executed in parallel (default: CPU count)")
+    p.add_argument("--force", nargs="+", default=[], metavar="PATTERN",
+                   help="execute sources matching these glob patterns even if cached (e.g. 'log/*')")
+    p.add_argument("--keep-going", action="store_true",
+                   help="execute everything despite failures; publish with failed pages marked (exit 1)")
+    p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
+    p.set_defaults(func=cmd_render)
+
+    p = subparsers.add_parser("new", help="start a new log entry (or lore page)",
+                              description="Create a dated log entry (or a lore page) and print its path.")
+    p.add_argument("title", metavar="TITLE")
+    p.add_argument("--lore", action="store_true", help="a lore page (lore/<slug>.qmd) instead of a log entry")
+    p.add_argument("--date", metavar='"YYYY-MM-DD HH:MM"', help="timestamp of the entry (default: now)")
+    p.add_argument("--category", action="append", default=[], metavar="C", help="a category (repeatable)")
+    p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
+    p.set_defaults(func=cmd_new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m publish", description="The lab notebook's publisher.")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

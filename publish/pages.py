@@ -1,0 +1,315 @@
+"""Documents -> pages: execute what is stale (in parallel), reuse what is fresh, convert to mkdocs markdown.
+
+The markdown relies on these Python-Markdown extensions, which the site configuration must enable:
+  admonition, pymdownx.details      `??? note "Code"` collapsible blocks for `code-fold`
+  pymdownx.superfences              fenced code (also nested in details blocks)
+  md_in_html, attr_list             `<figure markdown="span">` with a markdown image inside (so mkdocs
+                                    rewrites the image path relative to the page's final URL) and a
+                                    `<figcaption markdown="span">` (so captions may hold math/emphasis)
+  pymdownx.arithmatex (generic)     `$...$` and `$$...$$` math in markdown chunks, passed through verbatim
+Chunk labels become `<a id="label"></a>` anchors; HTML outputs (DataFrames) are included raw; figures are PNG
+assets under `<page dir>/<stem>_files/`. The body has no front matter and no title: the site adds both.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import html
+import posixpath
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from publish import cache
+from publish.execute import ExecutionError, execute, options_for, strip_ansi
+from publish.layout import docs_path, figure_dir
+from publish.links import rewrite_links
+from publish.sources import Chunk, Document, SourceError, load_project
+
+IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg"}
+
+
+@dataclass
+class Page:
+    doc: Document
+    status: str  # "executed" | "reused" | "failed" | "static" (no code)
+    seconds: float = 0.0
+    markdown: str = ""  # body for mkdocs: links rewritten, figures referenced relatively
+    assets: dict[str, bytes] = field(default_factory=dict)  # docs-relative path -> file bytes
+    figures: list[str] = field(default_factory=list)  # docs-relative paths of figures, in order
+    links_to: list[str] = field(default_factory=list)  # docs paths this page links to
+    executed_at: str | None = None
+    runs: list[dict] = field(default_factory=list)  # [{"name", "key"}]
+    error: str | None = None
+    reason: str | None = None  # why it executed ("source changed", "mymod/a.py changed", "forced", ...)
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def _fence(text: str, char: str = "`") -> str:
+    """A fence longer than any run of `char` inside `text` (so outputs containing ``` stay inside)."""
+    longest = max((len(m) for m in re.findall(rf"{re.escape(char)}+", text)), default=0)
+    return char * max(3, longest + 1)
+
+
+def code_markdown(chunk: Chunk, options: dict) -> str:
+    echo = options["echo"]
+    if echo is False:
+        return ""
+    code = chunk.text
+    if echo == "fenced":
+        lines = [f"#| {k}: {v if isinstance(v, str) else str(v).lower()}" for k, v in chunk.options.items()]
+        inner = "```{python}\n" + "\n".join([*lines, code]) + "\n```"
+        fence = _fence(inner)
+        block = f"{fence}markdown\n{inner}\n{fence}"
+    else:
+        fence = _fence(code)
+        block = f"{fence}python\n{code}\n{fence}"
+    fold = options["code-fold"]
+    if fold in (True, "show"):
+        marker = "???+" if fold == "show" else "???"
+        summary = str(options.get("code-summary") or "Code").replace('"', "'")
+        indented = "\n".join(("    " + line) if line else "" for line in block.splitlines())
+        return f'{marker} note "{summary}"\n\n{indented}'
+    return block
+
+
+def _text_block(text: str) -> str:
+    text = strip_ansi(text).rstrip("\n")
+    fence = _fence(text)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _as_text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+@dataclass
+class _Converted:
+    blocks: list[str] = field(default_factory=list)
+    assets: dict[str, bytes] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+
+
+def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dict, outputs: list,
+                     out: _Converted) -> None:
+    """Append the markdown (and assets) for one code cell's outputs to `out`."""
+    asis = options["output"] == "asis"
+    page = docs_path(doc.rel)
+    stream: list[str] = []
+
+    def flush():
+        if stream:
+            text = "".join(stream)
+            out.blocks.append(text.rstrip("\n") if asis else _text_block(text))
+            stream.clear()
+
+    label = chunk.options.get("label")
+    caption = chunk.options.get("fig-cap")
+    alt = chunk.options.get("fig-alt") or caption or ""
+    n_image = 0
+    for output in outputs:
+        kind = output.get("output_type")
+        if kind == "stream":
+            stream.append(_as_text(output.get("text", "")))
+            continue
+        flush()
+        if kind == "error":
+            if options["error"]:
+                out.blocks.append(_text_block("\n".join(output.get("traceback") or
+                                                        [f"{output.get('ename')}: {output.get('evalue')}"])))
+            continue
+        if kind not in ("display_data", "execute_result"):
+            continue
+        data = output.get("data", {})
+        image_type = next((t for t in IMAGE_TYPES if t in data), None)
+        if image_type:
+            n_image += 1
+            stem = re.sub(r"[^A-Za-z0-9_-]+", "-", label) if label else f"cell-{chunk_index + 1}"
+            rel = f"{figure_dir(doc.rel)}{stem}-{n_image}.{IMAGE_TYPES[image_type]}"
+            payload = data[image_type]
+            out.assets[rel] = (_as_text(payload).encode("utf-8") if image_type == "image/svg+xml"
+                               else base64.b64decode(_as_text(payload)))
+            out.figures.append(rel)
+            src = posixpath.relpath(rel, posixpath.dirname(page) or ".")
+            alt_text = str(alt).replace("[", r"\[").replace("]", r"\]").replace("\n", " ")
+            # no indentation inside: md_in_html would turn it into a <br>; the caption may hold math
+            lines = ['<figure markdown="span">', f"![{alt_text}]({src})"]
+            if caption:
+                lines.append(f'<figcaption markdown="span">{caption}</figcaption>')
+            lines.append("</figure>")
+            out.blocks.append("\n".join(lines))
+        elif "text/html" in data:
+            out.blocks.append(_as_text(data["text/html"]).strip())
+        elif "text/markdown" in data:
+            out.blocks.append(_as_text(data["text/markdown"]).strip())
+        elif "text/plain" in data:
+            text = _as_text(data["text/plain"])
+            out.blocks.append(text.strip() if asis else _text_block(text))
+    flush()
+
+
+def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict) -> Page:
+    """Convert `doc` (with outputs from `notebook`, or none) into a Page body; raises SourceError on bad links."""
+    cells = {}
+    if notebook is not None:
+        for cell in notebook.cells:
+            index = cell.get("metadata", {}).get("lab", {}).get("chunk")
+            if index is not None:
+                cells[index] = cell
+    out = _Converted()
+    links_to: list[str] = []
+    for index, chunk in enumerate(doc.chunks):
+        if chunk.kind == "markdown":
+            rewritten = rewrite_links(doc, chunk.text, chunk.line, sources)
+            out.blocks.append(rewritten.text)
+            links_to.extend(d for d in rewritten.links_to if d not in links_to)
+            for dest, path in rewritten.files.items():
+                out.assets[dest] = path.read_bytes()
+            continue
+        options = options_for(doc, chunk, project)
+        if options["include"] is False:
+            continue
+        if chunk.options.get("label"):
+            out.blocks.append(f'<a id="{html.escape(str(chunk.options["label"]), quote=True)}"></a>')
+        code = code_markdown(chunk, options)
+        if code:
+            out.blocks.append(code)
+        cell = cells.get(index)
+        if cell is not None and options["output"] is not False:
+            outputs_markdown(doc, index, chunk, options, cell.get("outputs", []), out)
+    markdown = "\n\n".join(b for b in out.blocks if b) + "\n"
+    return Page(doc=doc, status="static", markdown=markdown, assets=out.assets, figures=out.figures,
+                links_to=links_to)
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _matches(doc: Document, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(doc.rel, p) or fnmatch.fnmatch(doc.path.name, p) for p in patterns)
+
+
+def _from_entry(doc: Document, entry: cache.Entry, sources: set[str], project: dict, status: str,
+                seconds: float) -> Page:
+    page = notebook_markdown(doc, entry.notebook, sources, project)
+    page.status = status
+    page.seconds = seconds
+    page.executed_at = entry.record.get("executed_at")
+    seen = set()
+    for run in entry.record.get("runs") or []:
+        key = (run.get("name"), run.get("key"))
+        if key not in seen:
+            seen.add(key)
+            page.runs.append({"name": run.get("name"), "key": run.get("key")})
+    return page
+
+
+def _failed(doc: Document, error: Exception, seconds: float, sources: set[str], project: dict) -> Page:
+    try:  # show the source without outputs under the site's failure banner
+        page = notebook_markdown(doc, None, sources, project)
+    except SourceError:
+        page = Page(doc=doc, status="failed")
+    page.status, page.seconds, page.error = "failed", seconds, str(error)
+    return page
+
+
+def build_pages(
+    root: Path | str,
+    docs: list[Document],
+    *,
+    jobs: int = 1,
+    force: Iterable[str] = (),
+    keep_going: bool = False,
+    on_page: Callable[[Page], None] | None = None,
+    only: Iterable[Document] | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
+) -> list[Page]:
+    """Execute stale documents (`jobs` at a time, one kernel each), reuse fresh ones, convert all.
+
+    `force`: fnmatch patterns (against the root-relative path or the file name) of documents to execute
+    regardless of the cache. `only`: when given, documents outside it are taken from the cache as they are,
+    even if stale (those never executed are executed). Without `keep_going` the first failure stops
+    scheduling further executions; documents never started are left out of the result. Returns pages in
+    the order of `docs`; `on_page` is called (from this thread) as each one finishes. `timeout`: seconds
+    per chunk (default execute.DEFAULT_TIMEOUT). `progress`: a tqdm bar over documents (stderr).
+    """
+    root = Path(root).resolve()
+    project = load_project(root)
+    sources = {d.rel for d in docs}
+    force = list(force)
+    only_rels = None if only is None else {d.rel for d in only}
+    results: dict[str, Page] = {}
+    failed = threading.Event()
+    bar = tqdm(total=len(docs), unit="doc", desc="pages", disable=not progress, leave=False)
+
+    def finish(page: Page) -> None:
+        results[page.doc.rel] = page
+        bar.update(1)
+        if page.status == "failed":
+            failed.set()
+        if on_page is not None:
+            on_page(page)
+
+    stale: list[tuple[Document, str]] = []
+    for doc in docs:
+        if failed.is_set() and not keep_going:
+            break
+        started = time.monotonic()
+        try:
+            if not doc.has_code:
+                page = notebook_markdown(doc, None, sources, project)
+                page.seconds = time.monotonic() - started
+                finish(page)
+                continue
+            reason = "forced" if _matches(doc, force) else cache.stale_reason(doc)
+            # outside `only`, a stale entry is still shown as it is (the caller chose not to execute it)
+            keep_stale = only_rels is not None and doc.rel not in only_rels and reason != "forced"
+            entry = cache.load(doc) if reason is None or keep_stale else None
+            if entry is None:
+                stale.append((doc, reason or "cached notebook unreadable"))
+                continue
+            page = _from_entry(doc, entry, sources, project, "reused", time.monotonic() - started)
+            page.reason = f"stale, not executed: {reason}" if reason else None
+            finish(page)
+        except SourceError as e:
+            finish(_failed(doc, e, time.monotonic() - started, sources, project))
+
+    def run(doc: Document) -> Page:
+        started = time.monotonic()
+        try:
+            kwargs = {"timeout": timeout} if timeout else {}
+            execution = execute(doc, project=project, **kwargs)
+            cache.store(doc, execution)
+            entry = cache.Entry(record=cache.load_record(doc) or {}, notebook=execution.notebook)
+            return _from_entry(doc, entry, sources, project, "executed", time.monotonic() - started)
+        except (ExecutionError, SourceError, OSError) as e:
+            return _failed(doc, e, time.monotonic() - started, sources, project)
+
+    pending = list(stale)
+    reasons = {d.rel: r for d, r in stale}
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="lab-exec") as pool:
+        running: dict[Future, Document] = {}
+        while pending or running:
+            while pending and len(running) < max(1, jobs) and (keep_going or not failed.is_set()):
+                doc, _ = pending.pop(0)
+                running[pool.submit(run, doc)] = doc
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                page = future.result()
+                page.reason = reasons.get(page.doc.rel)
+                finish(page)
+    bar.close()
+    return [results[d.rel] for d in docs if d.rel in results]

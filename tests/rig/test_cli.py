@@ -1,0 +1,82 @@
+"""`lab train | runs | show | gc` through the same register() the lab dispatcher calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import yaml
+
+from experiments import cli
+from experiments import config as C
+from experiments.record import Recorder
+
+
+@pytest.fixture
+def lab(store, tiny, tmp_path, monkeypatch):
+    presets = tmp_path / "configs"
+    presets.mkdir()
+    cfg = tiny()
+    del cfg["name"]
+    (presets / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(C, "CONFIG_DIR", presets)
+    used: set[str] = set()
+
+    def main(*argv: str) -> int:
+        parser = argparse.ArgumentParser(prog="lab")
+        sub = parser.add_subparsers(dest="command", required=True)
+        cli.register(sub, used_keys=lambda: used)
+        args = parser.parse_args(argv)
+        return args.func(args)
+
+    main.used = used
+    return main
+
+
+def test_train_runs_show_gc(lab, store, capsys):
+    assert lab("train", "tiny", "--set", "optim.lr=2e-3") == 0
+    out = capsys.readouterr().out
+    name, key, path = out.split()[:3]
+    assert name == "tiny" and path.endswith(f"tiny-{key}.h5")
+    assert lab("train", "tiny", "--set", "optim.lr=2e-3") == 0  # stored: returns at once
+    assert capsys.readouterr().out.split()[1] == key
+    assert lab("runs") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["name", "key", "steps", "size", "status", "created"]
+    assert table[1].split()[:3] == ["tiny", key, "12"] and "complete" in table[1]
+    assert lab("runs", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["key"] == key
+    assert lab("show", key[:8]) == 0
+    shown = capsys.readouterr().out
+    assert '"lr": 0.002' in shown and "/W" in shown and "bfloat16" in shown and "/loss" in shown
+    assert lab("gc", "--dry-run") == 0
+    assert "would delete" in capsys.readouterr().out and (store / path.split("/")[-1]).exists()
+    lab.used.add(key)
+    assert lab("gc") == 0 and (store / path.split("/")[-1]).exists()
+    lab.used.clear()
+    assert lab("gc") == 0 and not (store / path.split("/")[-1]).exists()
+
+
+def test_errors_are_one_line_and_exit_2(lab, capsys):
+    assert lab("train", "tiny", "--set", "optim.lr=-1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lab train: error: optim.lr: must be > 0") and "\n" not in err
+    assert lab("train", "missing") == 2
+    assert "no preset named 'missing'" in capsys.readouterr().err
+    assert lab("train", "tiny", "--set", "oops") == 2
+    assert lab("show", "nothing") == 2
+
+
+def test_ctrl_c_removes_the_temp_file_and_exits_130(lab, store, monkeypatch, capsys):
+    real = Recorder.write_step
+
+    def interrupted(self, step, arrays):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(self, step, arrays)
+
+    monkeypatch.setattr(Recorder, "write_step", interrupted)
+    assert lab("train", "tiny") == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [p for p in store.iterdir() if ".h5" in p.name] == []

@@ -28,6 +28,14 @@ from publish.sources import Document, load_project
 
 CACHE_DIR = Path(".lab") / "cache"
 FORMAT = 1
+# Environment variables that change what a document computes: the smoke profile shrinks every run, and
+# another store holds other runs. A cached page made under other values is stale (never a smoke page on
+# the real site).
+ENV_KEYS = ("LAB_SMOKE", "LAB_STORE")
+
+
+def environment() -> dict[str, str]:
+    return {k: os.environ.get(k, "") for k in ENV_KEYS}
 
 
 @dataclass
@@ -114,6 +122,7 @@ def store(doc: Document, execution) -> dict:
         "seconds": round(execution.seconds, 3),
         "notebook_sha256": hashlib.sha256(notebook_bytes).hexdigest(),
         "project_execute": project_execute(root),
+        "environment": environment(),
     }
     atomic_write(notebook_path, notebook_bytes)
     atomic_write(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
@@ -170,6 +179,10 @@ def stale_reason(doc: Document) -> str | None:
         return "source changed"
     if record.get("project_execute") != project_execute(root):
         return "execute: options in _quarto.yml changed"
+    recorded_env, env = record.get("environment") or {}, environment()
+    for k in ENV_KEYS:
+        if recorded_env.get(k, "") != env[k]:
+            return f"{k} changed ({recorded_env.get(k, '') or 'unset'} -> {env[k] or 'unset'})"
     python = sys.version.split()[0]
     if record.get("python") and record["python"] != python:
         return f"python changed ({record['python']} -> {python})"

@@ -382,7 +382,8 @@ def docs_tree(root: Path, pages: list, *, runs: list[RunInfo] | None = None) -> 
             body += "\n\n" + runs_section(path, runs, used_by)
         if page is not None:
             body += executed_footer(path, page, runs_page)
-        body += mentioned_in(path, links_in.get(path, []))
+        if path not in listing:  # the top pages are linked from every nav bar: backlinks there are noise
+            body += mentioned_in(path, links_in.get(path, []))
         # Bodies carry no title; an explicit H1 keeps the document's own title (the engine would
         # otherwise show the nav label, e.g. "Home") and gives blog excerpts their heading.
         body = f"# {meta['title']}\n\n{body.lstrip()}"

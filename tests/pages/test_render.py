@@ -1,0 +1,278 @@
+"""End to end: the fixture notebook (tests/fixtures/notebook) rendered by `lab render` into a site.
+
+One render is shared by the read-only assertions (module fixture); the tests that edit sources work on
+their own copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from publish.render import render
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "notebook"
+
+pytestmark = pytest.mark.slow
+
+
+def copy_fixture(dest: Path) -> Path:
+    root = dest / "notebook"
+    shutil.copytree(FIXTURE, root, ignore=shutil.ignore_patterns("site", ".lab", "store", "__pycache__"))
+    return root
+
+
+def statuses(out: str) -> dict[str, str]:
+    """`executed  log/x.qmd  1.2s` lines of the render report -> {source: status}."""
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"^(executed|reused|static|failed)\s+(\S+)\s", line)
+        if m:
+            found[m[2]] = m[1]
+    return found
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(root, site, first render's stdout) of the fixture rendered once."""
+    root = copy_fixture(tmp_path_factory.mktemp("e2e"))
+    os.environ["LAB_STORE"] = str(root / "store")
+    try:
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = render(root, jobs=2)
+        assert rc == 0, buf.getvalue()
+    finally:
+        os.environ.pop("LAB_STORE", None)
+    return root, root / "site", buf.getvalue()
+
+
+def html(site: Path, rel: str) -> str:
+    return (site / rel).read_text(encoding="utf-8")
+
+
+def test_first_render_executes_each_code_document(built):
+    _, _, out = built
+    st = statuses(out)
+    assert st["log/2026-11-20-0930-first-look.qmd"] == "executed"
+    assert st["log/2026-11-21-1415-second-look.py"] == "executed"
+    assert st["lore/curve.qmd"] == "executed"
+    assert st["lore/plain.qmd"] == "static"
+    assert "0 failed" in out
+
+
+def test_log_lists_entries_newest_first_with_time_categories_and_archive(built):
+    _, site, _ = built
+    page = html(site, "log/index.html")
+    assert page.index("Second look") < page.index("First look")
+    assert "2026-11-21 14:15" in page and "2026-11-20 09:30" in page
+    assert (site / "log/category/flannel/index.html").is_file()
+    radius = html(site, "log/category/radius/index.html")
+    assert "First look" in radius and "Second look" in radius
+    assert (site / "log/archive/2026/11/index.html").is_file()
+
+
+def test_rss_feed_has_every_entry(built):
+    _, site, _ = built
+    feed = ET.parse(site / "feed_rss_created.xml").getroot()
+    titles = [item.findtext("title") for item in feed.iter("item")]
+    assert sorted(titles) == ["First look", "Second look"]
+    links = [item.findtext("link") for item in feed.iter("item")]
+    assert all(link.startswith("https://example.org/fixture/log/2026/") for link in links)
+    assert 'href="../feed_rss_created.xml"' in html(site, "log/index.html")
+
+
+def test_figures_exist_are_referenced_and_captioned(built):
+    _, site, _ = built
+    page_dir = site / "log/2026/11/20/first-look"
+    page = (page_dir / "index.html").read_text(encoding="utf-8")
+    srcs = re.findall(r'<img[^>]*src="([^"]+\.png)"', page)
+    assert srcs, "no figure on the page"
+    for src in srcs:
+        target = (page_dir / src).resolve()
+        assert target.is_file() and target.stat().st_size > 1000, src
+    assert re.search(r"<figcaption>.*The first curve", page, re.S)
+    assert 'id="fig-first"' in page  # the chunk label is an anchor
+
+
+def test_echo_and_code_fold(built):
+    _, site, _ = built
+    entry = html(site, "log/2026/11/20/first-look/index.html")
+    assert "TOTAL=55" in entry
+    assert "sum(range(1, 11))" not in entry  # echo: false hides the code
+    lore = html(site, "lore/curve/index.html")
+    assert re.search(r"<details[^>]*>\s*<summary>Code</summary>", lore)  # code-fold: true
+
+
+def test_links_become_page_links_and_backlinks(built):
+    _, site, _ = built
+    entry = html(site, "log/2026/11/20/first-look/index.html")
+    assert 'href="../../../../../lore/curve/"' in entry
+    curve = html(site, "lore/curve/index.html")
+    backlinks = curve[curve.index("Mentioned in"):]
+    assert "First look" in backlinks
+    plain = html(site, "lore/plain/index.html")
+    backlinks = plain[plain.index("Mentioned in"):]
+    assert "Second look" in backlinks and "The curve" in backlinks
+
+
+def test_executed_pages_say_when_and_which_runs(built):
+    _, site, _ = built
+    curve = html(site, "lore/curve/index.html")
+    assert re.search(r"Executed \d{4}-\d{2}-\d{2} \d{2}:\d{2}", curve)
+    assert "runs used: none" in curve
+    assert "Executed" not in html(site, "lore/plain/index.html")
+
+
+def test_home_links_findings_with_thumbnails_and_latest_entries(built):
+    _, site, _ = built
+    home = html(site, "index.html")
+    findings = home[home.index("Findings"):]
+    assert "The curve" in findings and "A plain page" in findings
+    assert re.search(r'<img[^>]*src="lore/curve_files/fig-curve-1\.png"', findings)
+    assert home.index("Second look") < home.index("First look")
+
+
+def test_lore_index_and_runs_page(built):
+    _, site, _ = built
+    lore = html(site, "lore/index.html")
+    assert "The curve" in lore and "A plain page" in lore
+    assert "No complete runs" in html(site, "runs/index.html")
+
+
+def test_math_is_served_from_the_site_and_nothing_from_the_web(built):
+    _, site, _ = built
+    assert (site / "assets/mathjax/tex-svg.js").is_file()
+    assert "arithmatex" in html(site, "log/2026/11/20/first-look/index.html")
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        remote = re.findall(r'(?:src|href)="(https?://[^"]+)"', text)
+        # Links a reader clicks are fine; assets the browser would fetch are not.
+        assets = [u for u in remote if re.search(r"\.(js|css|woff2?|ttf|png|svg|jpg)(\?|$)", u)]
+        assert not assets, f"{page}: remote assets {assets}"
+        assert "fonts.googleapis" not in text, page
+
+
+def test_second_render_executes_nothing_and_keeps_the_site(tmp_path, capsys, monkeypatch):
+    root = copy_fixture(tmp_path)
+    monkeypatch.setenv("LAB_STORE", str(root / "store"))
+    assert render(root, jobs=2) == 0
+    capsys.readouterr()
+    before = tree_digest(root / "site")
+
+    assert render(root, jobs=2) == 0
+    out = capsys.readouterr().out
+    assert "0 executed" in out and set(statuses(out).values()) <= {"reused", "static"}
+    assert tree_digest(root / "site") == before
+
+    # One entry edited: that entry runs again, nothing else.
+    entry = root / "log/2026-11-21-1415-second-look.py"
+    entry.write_text(entry.read_text().replace("6 * 7", "6 * 8"))
+    assert render(root, jobs=2) == 0
+    st = statuses(capsys.readouterr().out)
+    assert [k for k, v in st.items() if v == "executed"] == ["log/2026-11-21-1415-second-look.py"]
+    assert "SECOND-ENTRY-OUTPUT 48" in html(root / "site", "log/2026/11/21/second-look/index.html")
+
+    # The imported project module edited: exactly the two documents that import it run again.
+    helpers = root / "helpers.py"
+    helpers.write_text(helpers.read_text().replace("SCALE = 2.0", "SCALE = 3.0"))
+    assert render(root, jobs=2) == 0
+    st = statuses(capsys.readouterr().out)
+    assert sorted(k for k, v in st.items() if v == "executed") == [
+        "log/2026-11-20-0930-first-look.qmd", "lore/curve.qmd"]
+
+    # Another smoke profile is another computation: nothing cached under the old one is reused.
+    monkeypatch.setenv("LAB_SMOKE", "1")
+    assert render(root, jobs=2) == 0
+    st = statuses(capsys.readouterr().out)
+    assert sorted(k for k, v in st.items() if v == "executed") == [
+        "log/2026-11-20-0930-first-look.qmd", "log/2026-11-21-1415-second-look.py", "lore/curve.qmd"]
+
+
+def test_render_only_named_documents(tmp_path, capsys, monkeypatch):
+    root = copy_fixture(tmp_path)
+    monkeypatch.setenv("LAB_STORE", str(root / "store"))
+    monkeypatch.chdir(root)
+    assert render(root, jobs=2) == 0
+    # Both documents edited, only one named: the other keeps its cached (stale) page.
+    for rel in ("lore/curve.qmd", "log/2026-11-21-1415-second-look.py"):
+        p = root / rel
+        p.write_text(p.read_text() + "\n")
+    capsys.readouterr()
+    assert render(root, ["lore/curve.qmd"], jobs=1) == 0
+    out = capsys.readouterr().out
+    st = statuses(out)
+    assert [k for k, v in st.items() if v == "executed"] == ["lore/curve.qmd"]
+    assert st["log/2026-11-21-1415-second-look.py"] == "reused"
+    assert "stale, not executed: source changed" in out
+
+    # --force re-executes what matches, cached or not.
+    assert render(root, jobs=2, force=["lore/*"]) == 0
+    st = statuses(capsys.readouterr().out)
+    assert st["lore/curve.qmd"] == "executed"
+    assert st["log/2026-11-21-1415-second-look.py"] == "executed"  # stale: a full render runs it
+    assert st["log/2026-11-20-0930-first-look.qmd"] == "reused"
+
+
+@pytest.mark.parametrize("breakage", ["raising chunk", "broken link", "bad date", "unknown option"])
+def test_bad_input_fails_and_leaves_the_site_untouched(tmp_path, capsys, monkeypatch, breakage):
+    root = copy_fixture(tmp_path)
+    monkeypatch.setenv("LAB_STORE", str(root / "store"))
+    assert render(root, jobs=2) == 0
+    before = tree_digest(root / "site")
+    capsys.readouterr()
+
+    entry = root / "log/2026-11-20-0930-first-look.qmd"
+    text = entry.read_text()
+    if breakage == "raising chunk":
+        text = text.replace('print(f"TOTAL={total}")', 'raise ValueError("planted failure")')
+    elif breakage == "broken link":
+        text = text.replace("../lore/curve.qmd", "../lore/no-such-page.qmd")
+    elif breakage == "bad date":
+        text = text.replace('date: "2026-11-20 09:30"', 'date: "the twentieth"')
+    else:
+        text = text.replace("#| echo: false", "#| echo: false\n#| colour: blue")
+    entry.write_text(text)
+
+    assert render(root, jobs=2) != 0
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert "log/2026-11-20-0930-first-look.qmd" in err
+    expected = {"raising chunk": ["planted failure", "numbers"],  # traceback and the chunk's label
+                "broken link": ["no-such-page.qmd"],
+                "bad date": ["date"],
+                "unknown option": ["colour"]}[breakage]
+    for needle in expected:
+        assert needle in err, (needle, err)
+    assert tree_digest(root / "site") == before
+
+
+def test_keep_going_publishes_the_rest_and_reports_every_failure(tmp_path, capsys, monkeypatch):
+    root = copy_fixture(tmp_path)
+    monkeypatch.setenv("LAB_STORE", str(root / "store"))
+    for rel in ("log/2026-11-20-0930-first-look.qmd", "lore/curve.qmd"):
+        p = root / rel
+        p.write_text(p.read_text().replace("import helpers", "import helpers\nraise RuntimeError('boom " + rel + "')"))
+    assert render(root, jobs=2, keep_going=True) == 1
+    captured = capsys.readouterr()
+    assert "boom log/2026-11-20-0930-first-look.qmd" in captured.err
+    assert "boom lore/curve.qmd" in captured.err
+    st = statuses(captured.out)
+    assert st["log/2026-11-21-1415-second-look.py"] == "executed"
+    assert "This page failed to execute" in html(root / "site", "lore/curve/index.html")

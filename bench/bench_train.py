@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from experiments import runs as R  # noqa: E402
 from experiments.config import load_config, resolve_device  # noqa: E402
 from experiments.model import GPT, flops_per_step  # noqa: E402
-from experiments.record import Run  # noqa: E402
+from experiments.recording import Run  # noqa: E402
 from experiments.train import train  # noqa: E402
 
 SEED_SECONDS = 26.7  # 1,000 Flannel 1 steps, batch 32x128, Apple M4 laptop GPU (MPS), HF Trainer

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from experiments.record import Run
+    from experiments.recording import Run
 
 __all__ = ["Run", "find", "load_config", "run", "sweep"]
 
@@ -46,7 +46,7 @@ def find(ref: str) -> Run:
 
 def __getattr__(name: str):
     if name == "Run":  # lazily: the reader imports h5py
-        from experiments.record import Run
+        from experiments.recording import Run
 
         return Run
     raise AttributeError(f"module 'experiments' has no attribute {name!r}")

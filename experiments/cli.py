@@ -104,6 +104,12 @@ def cmd_gc(args: argparse.Namespace, used_keys: Callable[[], Iterable[str]] | No
         return 2
     try:
         keep = set(used_keys())
+        if not keep and not args.all and not args.dry_run:
+            # An empty document cache (a fresh clone, a deleted .lab/) says nothing about what is used:
+            # deleting every run on that evidence would throw away hours of training.
+            print("lab gc: no rendered document uses any run (is the document cache empty? run `lab render` "
+                  "first); nothing deleted. `lab gc --all` deletes every run.", file=sys.stderr)
+            return 2
         doomed = gc(keep, dry_run=args.dry_run)
     except (ConfigError, DataError, OSError) as e:
         return _fail("gc", e)
@@ -133,4 +139,5 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
 
     p = subparsers.add_parser("gc", help="delete runs no rendered document uses, and stale temp files")
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.add_argument("--all", action="store_true", help="allow deleting every run when no document uses any")
     p.set_defaults(func=lambda args: cmd_gc(args, used_keys))

@@ -342,7 +342,7 @@ def iter_step_blocks(run, block: int = 256, rows=None, tensor: str = "W") -> Ite
 
     `run` is a run-store reader with ``run.steps`` (the recorded step labels) and
     ``run.tensor(name, steps=slice(first, last + 1), rows=..., kind="bits")`` returning a (T, N, D) uint16
-    array (`experiments.record.Run` does). The overlap
+    array (`experiments.recording.Run` does). The overlap
     lets each block compute ΔW′ on its own; `LifecycleTracker.update` drops the repeated frame.
     """
     if block < 2:

@@ -26,7 +26,8 @@ from filelock import FileLock
 
 from experiments.config import canonical_json, load_config, resolve_device, sweep_members
 from experiments.errors import ConfigError, DataError
-from experiments.record import FORMAT_VERSION, Run
+from experiments.record import FORMAT_VERSION
+from experiments.recording import Run
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRAINING_MODULES = ("corpus", "tokenizer", "config", "model", "train", "record", "errors")

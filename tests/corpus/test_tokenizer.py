@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from experiments import corpus, tokenizer
+from experiments import census, corpus, tokenizer
 from experiments.errors import ConfigError, DataError
 
 
@@ -42,7 +42,7 @@ def test_census_equals_a_direct_count(tiny):
     assert prepared.ids.dtype == np.int32 and prepared.counts.dtype == np.int64
     assert prepared.ids.tolist() == tok.encode(c.train_text).ids  # batched encoding == plain encoding
     assert {i: int(n) for i, n in enumerate(prepared.counts) if n} == dict(direct)
-    report = tokenizer.census(prepared, tok)
+    report = census.census(prepared, tok)
     assert report["live"] == len(direct)
     assert report["dead"] == prepared.vocab_size - len(direct) == int(prepared.dead.sum())
     assert report["tokens"] == sum(direct.values())
@@ -56,10 +56,10 @@ def test_census_equals_a_direct_count(tiny):
 
 def test_thai_tokens_are_dead_on_english_text(tiny):
     _, tok, prepared = tiny
-    thai = [i for t, i in tok.get_vocab().items() if tokenizer.script_of(t) == "thai"]
+    thai = [i for t, i in tok.get_vocab().items() if census.script_of(t) == "thai"]
     assert len(thai) > 50
     assert all(prepared.dead[i] for i in thai)
-    report = tokenizer.census(prepared, tok)
+    report = census.census(prepared, tok)
     assert report["dead_by_script"]["thai"] == len(thai)
     # the Whitespace pre-tokenizer never emits whitespace, and the special token is never inserted
     assert report["dead_by_script"]["whitespace"] >= 2 and report["dead_by_script"]["special"] == 1
@@ -88,7 +88,7 @@ def test_thai_tokens_are_dead_on_english_text(tiny):
     ],
 )
 def test_script_of(token, script):
-    assert tokenizer.script_of(token) == script
+    assert census.script_of(token) == script
 
 
 def test_prepared_hashes_and_json(tiny):
@@ -178,7 +178,7 @@ def test_default_config_has_exact_vocab_and_dead_thai(tmp_path):
     """The real default (vocab 10,000 on the ~10 MB offline corpus); about 10 s on 2 cores."""
     prepared = tokenizer.prepare({}, {}, tmp_path)
     tok = Tokenizer.from_str(prepared.tokenizer_json)
-    report = tokenizer.census(prepared, tok)
+    report = census.census(prepared, tok)
     assert prepared.vocab_size == 10000
     assert report["by_script"]["thai"]["live"] == 0 and report["by_script"]["thai"]["dead"] > 1000
     assert report["live"] + report["dead"] == 10000

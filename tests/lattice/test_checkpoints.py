@@ -200,7 +200,8 @@ def test_dispatch_errors(tmp_path):
 def test_real_run_file_through_recorder_and_run(tmp_path):
     """The store's own writer and reader: load_run and the lifecycle block reader agree with the arrays."""
     from experiments.lattice import lifecycle, run_lifecycle
-    from experiments.record import Recorder, Run
+    from experiments.record import Recorder
+    from experiments.recording import Run
 
     rng = np.random.default_rng(5)
     steps, tokens = np.array([0, 1, 2, 5, 9]), np.array([3, 4, 8])

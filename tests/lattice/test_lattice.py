@@ -134,7 +134,7 @@ def test_chatter_uses_the_last_exit():
 
 
 class _FakeRun:
-    """The slice of `experiments.record.Run` the block reader uses."""
+    """The slice of `experiments.recording.Run` the block reader uses."""
 
     def __init__(self, steps, w):
         self.steps, self._w, self.calls = steps, w, []

@@ -55,7 +55,10 @@ def test_train_runs_show_gc(lab, store, capsys):
     lab.used.add(key)
     assert lab("gc") == 0 and (store / path.split("/")[-1]).exists()
     lab.used.clear()
-    assert lab("gc") == 0 and not (store / path.split("/")[-1]).exists()
+    # No document uses any run (an empty document cache): refuse rather than wipe the store.
+    assert lab("gc") == 2 and (store / path.split("/")[-1]).exists()
+    assert "nothing deleted" in capsys.readouterr().err
+    assert lab("gc", "--all") == 0 and not (store / path.split("/")[-1]).exists()
 
 
 def test_errors_are_one_line_and_exit_2(lab, capsys):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from experiments.errors import DataError
-from experiments.record import Recorder, Run
+from experiments.record import Recorder
+from experiments.recording import Run
 
 ATTRS = {"name": "rec", "key": "0123456789abcdef", "key_parts": "{}", "config": json.dumps({"record": {}}),
          "versions": "{}", "created": "2026-01-01T00:00:00Z", "description": "", "tokenizer": "{}"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import experiments
-from experiments.record import Run
+from experiments.recording import Run
 
 
 def _datasets(path) -> dict[str, bytes]:

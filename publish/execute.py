@@ -354,6 +354,8 @@ def execute(doc: Document, *, timeout: float = DEFAULT_TIMEOUT, startup_timeout:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silence debugpy's frozen-modules warning
         env.setdefault("JUPYTER_PLATFORM_DIRS", "1")
+        # progress bars (a run trained on first use) are for a terminal, not for the page's output
+        env["TQDM_DISABLE"] = "1"
         env.pop("MPLBACKEND", None)  # the hidden setup cell selects the inline backend
 
         # the kernel sees hidden cells around the visible ones; the visible cells are the same objects as

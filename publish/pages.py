@@ -100,8 +100,12 @@ class _Converted:
 
 
 def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dict, outputs: list,
-                     out: _Converted) -> None:
-    """Append the markdown (and assets) for one code cell's outputs to `out`."""
+                     out: _Converted, markdown_links: Callable[[str], str] = lambda text: text) -> None:
+    """Append the markdown (and assets) for one code cell's outputs to `out`.
+
+    `markdown_links` rewrites the links of markdown the cell printed (`output: asis`, text/markdown), so a
+    generated sentence may link to `../lore/page.qmd` like the document's own prose.
+    """
     asis = options["output"] == "asis"
     page = docs_path(doc.rel)
     stream: list[str] = []
@@ -109,7 +113,7 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     def flush():
         if stream:
             text = "".join(stream)
-            out.blocks.append(text.rstrip("\n") if asis else _text_block(text))
+            out.blocks.append(markdown_links(text.rstrip("\n")) if asis else _text_block(text))
             stream.clear()
 
     label = chunk.options.get("label")
@@ -150,10 +154,10 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
         elif "text/html" in data:
             out.blocks.append(_as_text(data["text/html"]).strip())
         elif "text/markdown" in data:
-            out.blocks.append(_as_text(data["text/markdown"]).strip())
+            out.blocks.append(markdown_links(_as_text(data["text/markdown"]).strip()))
         elif "text/plain" in data:
             text = _as_text(data["text/plain"])
-            out.blocks.append(text.strip() if asis else _text_block(text))
+            out.blocks.append(markdown_links(text.strip()) if asis else _text_block(text))
     flush()
 
 
@@ -167,13 +171,17 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
                 cells[index] = cell
     out = _Converted()
     links_to: list[str] = []
+
+    def markdown_links(text: str, line: int) -> str:
+        rewritten = rewrite_links(doc, text, line, sources)
+        links_to.extend(d for d in rewritten.links_to if d not in links_to)
+        for dest, path in rewritten.files.items():
+            out.assets[dest] = path.read_bytes()
+        return rewritten.text
+
     for index, chunk in enumerate(doc.chunks):
         if chunk.kind == "markdown":
-            rewritten = rewrite_links(doc, chunk.text, chunk.line, sources)
-            out.blocks.append(rewritten.text)
-            links_to.extend(d for d in rewritten.links_to if d not in links_to)
-            for dest, path in rewritten.files.items():
-                out.assets[dest] = path.read_bytes()
+            out.blocks.append(markdown_links(chunk.text, chunk.line))
             continue
         options = options_for(doc, chunk, project)
         if options["include"] is False:
@@ -185,7 +193,8 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
             out.blocks.append(code)
         cell = cells.get(index)
         if cell is not None and options["output"] is not False:
-            outputs_markdown(doc, index, chunk, options, cell.get("outputs", []), out)
+            outputs_markdown(doc, index, chunk, options, cell.get("outputs", []), out,
+                             lambda text, line=chunk.line: markdown_links(text, line))
     markdown = "\n\n".join(b for b in out.blocks if b) + "\n"
     return Page(doc=doc, status="static", markdown=markdown, assets=out.assets, figures=out.figures,
                 links_to=links_to)

@@ -33,10 +33,11 @@ else
   echo "$hash$extras" > "$stamp"
 fi
 
-if [ $want_tests = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-  echo "setup: installing Debian's chromium for the browser tests"
+# Thai glyphs for the screenshots: a third of the vocabulary is Thai, and without a Thai font Chromium draws boxes.
+if [ $want_tests = 1 ] && { ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi thai; }; then
+  echo "setup: installing Debian's chromium and a Thai font for the browser tests"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-thai-tlwg >/dev/null
 fi
 echo "setup: ready (.venv)"

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from filelock import FileLock
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .errors import ConfigError, DataError
 

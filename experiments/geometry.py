@@ -70,7 +70,7 @@ def cloud_track(bits: np.ndarray, steps: np.ndarray | None = None) -> CloudTrack
 
 def run_cloud(run, rows=None, block: int = 128, tensor: str = "W", progress: bool = False) -> CloudTrack:
     """The track of a recorded run's rows (default: every recorded row), streamed in blocks of steps."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     parts: list[CloudTrack] = []
     with tqdm(total=len(run.steps), desc="cloud", unit="step", disable=not progress) as bar:

@@ -175,7 +175,7 @@ def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **ov
     else:
         import multiprocessing
 
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         ctx = multiprocessing.get_context("spawn")  # torch state must not be forked
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.trainers import BpeTrainer
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .corpus import Corpus, Loader, atomic_write, build_corpus, data_dir, module_source_sha256, sha256_hex
 from .errors import ConfigError, DataError

@@ -148,7 +148,7 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
     """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from experiments.model import GPT
 

@@ -29,7 +29,14 @@ EXCERPT = "<!-- more -->"
 LATEST_ON_HOME = 5
 FEED_FILE = "feed_rss_created.xml"
 
-# Hyper-parameters worth a glance on the Runs page, in display order (matched on the last key part).
+# Hyper-parameters worth a glance on the Runs page, in display order. Dotted paths of the experiment configs
+# come first; for any other layout the last path component is matched (the run file is plain JSON, and this
+# package does not import the science).
+SUMMARY_PATHS = (
+    "train.steps", "train.batch_size", "train.seq_len", "optim.lr", "optim.weight_decay", "optim.schedule",
+    "optim.clip", "model.d_model", "model.n_layers", "model.tied", "model.init_std", "precision.dtype",
+    "train.init_seed", "train.data_seed", "tokenizer.vocab_size", "record.rows", "smoke",
+)
 SUMMARY_KEYS = (
     "steps", "total_steps", "batch_size", "batch", "seq_len", "lr", "learning_rate", "weight_decay",
     "beta1", "beta2", "eps", "vocab_size", "vocab", "d_model", "hidden_dim", "dim", "n_layers",
@@ -139,10 +146,12 @@ def _config_summary(config_json: str) -> list[tuple[str, str]]:
             leaves[prefix] = value
 
     walk("", config)
-    by_last: dict[str, tuple[str, object]] = {}
-    for path, value in leaves.items():
-        by_last.setdefault(path.rsplit(".", 1)[-1], (path, value))
-    chosen = [(k, by_last[k][1]) for k in SUMMARY_KEYS if k in by_last]
+    chosen = [(p, leaves[p]) for p in SUMMARY_PATHS if p in leaves]
+    if not chosen:
+        by_last: dict[str, tuple[str, object]] = {}
+        for path, value in leaves.items():
+            by_last.setdefault(path.rsplit(".", 1)[-1], (path, value))
+        chosen = [(k, by_last[k][1]) for k in SUMMARY_KEYS if k in by_last]
     if not chosen:  # unknown config layout: show the first few scalars rather than nothing
         chosen = list(leaves.items())[:8]
     return [(k, json.dumps(v) if isinstance(v, bool) or v is None else str(v)) for k, v in chosen]
@@ -329,11 +338,9 @@ def runs_section(here: str, runs: list[RunInfo], used_by: dict[str, list]) -> st
         facts.append(f"{size_text(r.size)} on disk")
         out.append(" · ".join(facts) + "\n")
         if r.summary:
-            # one row of hyper-parameters reads faster than a tall key/value table
-            out.append('<div class="lab-run" markdown>\n\n'
-                       + "| " + " | ".join(k for k, _ in r.summary) + " |\n"
-                       + "|" + "---|" * len(r.summary) + "\n"
-                       + "| " + " | ".join(f"`{v}`" for _, v in r.summary) + " |\n\n</div>\n")
+            # key=value chips wrap to the column; a one-row table of a dozen columns would scroll
+            chips = " ".join(f"`{k}={v}`" for k, v in r.summary)
+            out.append(f'<div class="lab-run" markdown>\n{chips}\n</div>\n')
         users = used_by.get(r.key, [])
         used = ", ".join(f"[{escape_md(title_of(p))}]({rel_link(here, page_path(p))})" for p in users)
         out.append(f"Used by: {used or 'no page'}\n")

@@ -10,8 +10,8 @@ import time is included. Goal: a no-change render in <= 3 s.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,15 +19,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "tests" / "site" / "conftest.py"
+FIXTURE = REPO / "tests" / "fixtures" / "notebook"  # 2 log entries, 2 lore pages, figures, math, links
 STAMP = ".lab-build"
 
 
-def load_fixture():
-    spec = importlib.util.spec_from_file_location("lab_site_fixture", FIXTURE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def write_project(dest: Path) -> Path:
+    shutil.copytree(FIXTURE, dest, ignore=shutil.ignore_patterns("site", ".lab", "store", "__pycache__"))
+    return dest
 
 
 def timed_render(root: Path, *args: str, env: dict | None = None) -> tuple[float, str]:
@@ -44,10 +42,9 @@ def timed_render(root: Path, *args: str, env: dict | None = None) -> tuple[float
 
 
 def bench_fixture(rows: list) -> None:
-    fixture = load_fixture()
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
-        one = fixture.write_project(Path(tmp) / "j1")
-        two = fixture.write_project(Path(tmp) / "j2")
+        one = write_project(Path(tmp) / "j1")
+        two = write_project(Path(tmp) / "j2")
         env1, env2 = {"LAB_STORE": str(one / "store")}, {"LAB_STORE": str(two / "store")}
         t1, s1 = timed_render(one, "-j", "1", env=env1)
         rows.append(("fixture", "cold render -j1", t1, s1))
@@ -59,8 +56,8 @@ def bench_fixture(rows: list) -> None:
         (two / "site" / STAMP).unlink()
         t, s = timed_render(two, env=env2)
         rows.append(("fixture", "no-change, site rebuilt", t, s))
-        entry = two / "log" / "2026-11-21-0912-second-look.py"
-        entry.write_text(entry.read_text().replace("range(10)", "range(13)"))
+        entry = two / "log" / "2026-11-21-1415-second-look.py"
+        entry.write_text(entry.read_text().replace("6 * 7", "6 * 8"))
         t, s = timed_render(two, env=env2)
         rows.append(("fixture", "after editing one entry", t, s))
 

@@ -44,17 +44,41 @@ def entry_text(title: str, when: dt.datetime | None, categories: tuple[str, ...]
     lines.append(f"categories: {json.dumps(list(categories), ensure_ascii=False)}")
     lines.append('description: ""')
     lines.append("---")
-    body = [
-        "",
-        "What question does this entry ask, and why now?",
-        "",
-        "```{python}",
-        "import experiments",
-        "",
-        '# run = experiments.run("flannel-1")',
-        "```",
-        "",
-    ]
+    if when is not None:  # a log entry: what happened at this sitting
+        body = [
+            "",
+            "What question does this entry ask, and why now?",
+            "",
+            "```{python}",
+            "import experiments",
+            "",
+            '# run = experiments.run("flannel-1")',
+            "```",
+            "",
+        ]
+    else:  # a lore page: one finding, stated for a reader who arrives cold
+        body = [
+            "",
+            "**The question.** What does this page establish?",
+            "",
+            "```{python}",
+            "#| label: setup",
+            "#| echo: false",
+            "import experiments",
+            "",
+            '# run = experiments.run("flannel-1")',
+            "```",
+            "",
+            "```{python}",
+            "#| label: fig-main",
+            '#| fig-cap: "What the figure shows."',
+            "```",
+            "",
+            "## What it means",
+            "",
+            "## Open questions",
+            "",
+        ]
     return "\n".join(lines + body)
 
 

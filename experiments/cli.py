@@ -46,6 +46,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     except (ConfigError, DataError) as e:
         return _fail("train", e)
+    except OSError as e:  # a full disk or a read-only store while caching the corpus / tokenizer
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail("train", DataError(f"{where}{e.strerror or e}; nothing was stored"))
     for r in runs:
         print(f"{r.name}  {r.key}  {r.path}")
     return 0

@@ -83,3 +83,18 @@ def test_ctrl_c_removes_the_temp_file_and_exits_130(lab, store, monkeypatch, cap
     assert lab("train", "tiny") == 130
     assert "interrupted" in capsys.readouterr().err
     assert [p for p in store.iterdir() if ".h5" in p.name] == []
+
+
+def test_full_disk_while_caching_data_names_the_file(lab, store, capsys, monkeypatch):
+    import errno
+
+    from experiments import runs
+
+    def full(cfg, store_path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(store_path / "data" / "corpus-abc.txt"))
+
+    monkeypatch.setattr(runs, "_prepare", full)
+    assert lab("train", "tiny") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lab train: error: ") and "corpus-abc.txt" in err and "No space left" in err
+    assert "\n" not in err and not list(store.glob("*.h5"))

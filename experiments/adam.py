@@ -1,0 +1,150 @@
+"""The laws of physics: one AdamW step re-computed with our own arithmetic, bit for bit.
+
+PyTorch's AdamW (torch 2.13, `foreach` and single-tensor implementations, not capturable, no amsgrad)
+executes this sequence per parameter tensor; every line is one kernel, and a kernel on a bf16 tensor
+computes in float32 ("opmath") and rounds its result to bf16 once, round to nearest even:
+
+    θ ← θ·(1 − η·λ)                          mul_ by a Python scalar (only when λ ≠ 0)
+    m ← m + (1 − β₁)·(g − m)                 lerp_: vectorised as fma(w, g − m, m) for w < 0.5
+    v ← v·β₂                                 mul_
+    v ← v + ((1 − β₂)·g)·g                   addcmul_: fma((1 − β₂)·g, g, v)
+    d ← √v                                   sqrt
+    d ← d / √(1 − β₂ᵗ)                       div_ by a Python scalar
+    d ← d + ε                                add_ (ε first cast to the tensor's dtype)
+    θ ← θ + ((−η / (1 − β₁ᵗ))·m) / d         addcdiv_: float32 product, quotient, sum
+
+Bias corrections and the step size are Python doubles; scalars enter a kernel as float32. The gradient is
+the recorded (unclipped) one times the recorded clip scale (clip_grad_norm_ multiplies in place, one bf16
+rounding). In an fp32 run the same sequence runs in float32 with no bf16 rounding.
+
+Everything here is numpy, written from the equations above, not a call into torch.optim: a mismatch
+against a recording is a law we got wrong. float32 operations in numpy are correctly rounded IEEE
+operations, so they are the kernels' arithmetic; the one fused multiply-add is computed exactly in float64
+with a sticky bit (round to odd) and then rounded once to float32. Which kernel fuses and which scalar is
+cast where was established by comparing each kernel alone against PyTorch (tests/physics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+F32 = np.float32
+
+
+# --------------------------------------------------------------------------- number formats
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bf16, nearest even (NaN kept quiet), as uint16 bits."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return np.where(nan, ((u >> 16) | np.uint32(0x40)).astype(np.uint16), rounded)
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 fused multiply-add a·b + c, rounded once (a, b, c float32).
+
+    a·b is exact in float64 (24 + 24 bits); the sum is made exact-enough by rounding it to odd (TwoSum
+    error as a sticky bit), after which the single rounding to float32 is the correctly rounded result.
+    """
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c64 = c.astype(np.float64)
+    s = p + c64
+    bp = s - c64
+    err = (p - bp) + (c64 - (s - bp))  # TwoSum: s + err == p + c exactly
+    bits = s.view(np.uint64)
+    inexact_even = (err != 0) & ((bits & np.uint64(1)) == 0) & np.isfinite(s)
+    if inexact_even.any():
+        toward = np.where(err > 0, np.inf, -np.inf)
+        s = np.where(inexact_even, np.nextafter(s, toward), s)
+    return s.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """What one AdamW step needs besides tensors (Python floats, as PyTorch holds them)."""
+
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class StepResult:
+    """W, m, v after the step (bits for bf16, float32 otherwise) and the pieces of the update."""
+
+    W: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+
+
+def _round(x: np.ndarray, bf16: bool) -> np.ndarray:
+    """A kernel's output store: bf16 bits (bf16 tensors) or the float32 itself."""
+    return f32_to_bf16(x) if bf16 else x.astype(np.float32, copy=False)
+
+
+def _val(x: np.ndarray, bf16: bool) -> np.ndarray:
+    return bf16_to_f32(x) if bf16 else np.asarray(x, dtype=np.float32)
+
+
+def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: bool = True,
+               laws: dict | None = None) -> StepResult:
+    """One AdamW step t (1-based) from W[t−1], m[t−1], v[t−1] and the recorded gradient g[t].
+
+    bf16=True: W, m, v, g are uint16 bf16 bit patterns and every kernel rounds to bf16; False: float32.
+    At t = 1 pass m = v = 0. `laws` overrides parts of the arithmetic (negative controls: see `LAWS`).
+    """
+    law = {**LAWS, **(laws or {})}
+    W, m, v, g = (_val(x, bf16) for x in (W, m, v, g))
+    if clip_scale != 1.0:  # clip_grad_norm_: g.mul_(scale) on the gradient, in its own dtype
+        g = _val(_round(g * F32(clip_scale), bf16), bf16)
+    lr, b1, b2, eps, wd = hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay
+    rnd = (lambda x: _val(_round(x, bf16), bf16)) if law["round_each_op"] else (lambda x: x)
+
+    if wd != 0 and law["decay"] == "before":
+        W = rnd(W * F32(1 - lr * wd))
+    m = rnd(fma32(np.full_like(m, F32(1 - b1)), g - m, m))
+    v = rnd(v * F32(b2))
+    v = rnd(fma32(F32(1 - b2) * g, g, v))
+    bc1 = 1 - b1 ** t
+    bc2 = 1 - b2 ** t
+    step_size = (lr / bc1) * -1
+    # add_(ε) casts the scalar to the tensor's dtype first (mul_ and div_ keep it float32)
+    eps32 = bf16_to_f32(f32_to_bf16(np.float32(eps))) if bf16 else F32(eps)
+    sqrt = _library_sqrt if (law["sqrt"] == "library" and not bf16) else np.sqrt
+    if law["eps"] == "outside":
+        d = rnd(sqrt(v))
+        d = rnd(d / F32(bc2 ** 0.5))
+        d = rnd(d + eps32)
+    else:  # ε inside the square root: a textbook variant
+        d = rnd(sqrt(rnd(v / F32(bc2) + eps32)))
+    W = rnd(W + (F32(step_size) * m) / d)
+    if wd != 0 and law["decay"] == "after":
+        W = rnd(W * F32(1 - lr * wd))
+    return StepResult(W=_round(W, bf16), m=_round(m, bf16), v=_round(v, bf16))
+
+
+def _library_sqrt(x: np.ndarray) -> np.ndarray:
+    """float32 square root from the library PyTorch links (on x86 CPUs Intel's VML, which is not correctly
+    rounded: about 0.7 % of results are one ULP low). Only used to show that this is the whole fp32 gap."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).sqrt().numpy()
+
+
+# The laws as PyTorch executes them; a negative control replaces one of them. `sqrt`: "ieee" is the
+# correctly rounded square root (exact for bf16: the float32 result is rounded to bf16, checked
+# exhaustively), "library" borrows PyTorch's float32 sqrt.
+LAWS = {"decay": "before", "eps": "outside", "round_each_op": True, "sqrt": "ieee"}

@@ -111,7 +111,7 @@ def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: boo
     if clip_scale != 1.0:  # clip_grad_norm_: g.mul_(scale) on the gradient, in its own dtype
         g = _val(_round(g * F32(clip_scale), bf16), bf16)
     lr, b1, b2, eps, wd = hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay
-    rnd = (lambda x: _val(_round(x, bf16), bf16)) if law["round_each_op"] else (lambda x: x)
+    rnd = (lambda x: _val(_round(x, bf16), bf16)) if _truthy(law["round_each_op"]) else (lambda x: x)
 
     if wd != 0 and law["decay"] == "before":
         W = rnd(W * F32(1 - lr * wd))
@@ -134,6 +134,10 @@ def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: boo
     if wd != 0 and law["decay"] == "after":
         W = rnd(W * F32(1 - lr * wd))
     return StepResult(W=_round(W, bf16), m=_round(m, bf16), v=_round(v, bf16))
+
+
+def _truthy(value) -> bool:
+    return value not in (False, 0, 0.0, "0", "false", "no")
 
 
 def _library_sqrt(x: np.ndarray) -> np.ndarray:

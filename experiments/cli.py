@@ -123,6 +123,38 @@ def cmd_gc(args: argparse.Namespace, used_keys: Callable[[], Iterable[str]] | No
     return 0
 
 
+def _parse_pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Replay a recorded run with our own AdamW arithmetic; exit 1 on any mismatch."""
+    from experiments.runs import find
+    from experiments.verify import format_table, verify
+
+    try:
+        run = find(args.run)
+        laws = _parse_pairs(args.law, "--law")
+        hyper = _parse_pairs(args.hyper, "--hyper")
+        result = verify(run, laws=laws, hyper=hyper, progress=not args.json)
+    except (ConfigError, DataError, ValueError) as e:
+        return _fail("verify", e)
+    except KeyboardInterrupt:
+        print("lab verify: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_table(result))
+    return 0 if result.exact else 1
+
+
 def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -> None:
     p = subparsers.add_parser("train", help="train a preset (or every member of a sweep) into the run store")
     p.add_argument("name", help="preset name (experiments/configs/NAME.yaml)")
@@ -139,6 +171,18 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
     p = subparsers.add_parser("show", help="show a run's config and recorded datasets")
     p.add_argument("run", help="run name, key, key prefix or file name")
     p.set_defaults(func=cmd_show)
+
+    p = subparsers.add_parser("verify", help="replay a recorded run's AdamW steps bit for bit (exit 1 on mismatch)",
+                              description="Re-compute every recorded step W[t], m[t], v[t] from W[t-1], m[t-1], "
+                                          "v[t-1], grad[t], lr and clip scale with our own arithmetic and "
+                                          "print the mismatch table. The run must record W, m, v and grad.")
+    p.add_argument("run", help="run name (newest of that name), key, key prefix or file name")
+    p.add_argument("--law", action="append", metavar="KEY=VALUE",
+                   help="replace a law (negative control): decay=after, eps=inside, round_each_op=0, sqrt=library")
+    p.add_argument("--hyper", action="append", metavar="KEY=VALUE",
+                   help="replace a hyper-parameter (negative control), e.g. beta2=0.998")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser("gc", help="delete runs no rendered document uses, and stale temp files")
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")

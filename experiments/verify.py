@@ -1,0 +1,161 @@
+"""Replay a recorded run with `adam.adamw_step` and compare every element of W, m, v at every step.
+
+A run is replayable when it recorded W, m, v and grad at consecutive steps (t − 1, t), trained with the
+foreach or single-tensor AdamW (the same arithmetic on CPU), in pure bf16 or fp32. The replay uses only the
+recording: W[t−1], m[t−1], v[t−1], grad[t], the step's lr and clip scale, and the config's β, ε, λ.
+Streams the recording in blocks of steps, so memory does not grow with the run's length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experiments import adam
+from experiments.errors import DataError
+
+TENSORS = ("W", "m", "v")
+
+
+@dataclass
+class Mismatch:
+    """Mismatches of one tensor over the whole replay."""
+
+    tensor: str
+    elements: int = 0  # compared
+    count: int = 0  # differing in any bit
+    max_ulps: int = 0  # largest distance on the number line, in units of the last place
+    first_step: int | None = None
+    ulp_histogram: dict[int, int] = field(default_factory=dict)  # distance -> count
+
+
+@dataclass
+class Verification:
+    run: str
+    variant: str  # "bf16" | "fp32"
+    steps: list[int]
+    laws: dict
+    table: list[Mismatch]
+    hyper: dict = field(default_factory=dict)  # hyper-parameters replaced for a negative control
+    seconds: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        return all(m.count == 0 for m in self.table)
+
+    @property
+    def elements(self) -> int:
+        return sum(m.elements for m in self.table)
+
+    def as_dict(self) -> dict:
+        return {"run": self.run, "variant": self.variant, "steps": [self.steps[0], self.steps[-1]] if self.steps else [],
+                "laws": self.laws, "hyper": self.hyper, "exact": self.exact, "seconds": round(self.seconds, 3),
+                "table": [m.__dict__ for m in self.table]}
+
+
+def _ordinal(x: np.ndarray, bf16: bool) -> np.ndarray:
+    """Position on the number line (monotone in value, ±0 equal), so differences count representable steps."""
+    if bf16:
+        b = np.asarray(x, dtype=np.uint16).astype(np.int64)
+        mag = b & 0x7FFF
+        return np.where(b & 0x8000, -mag, mag)
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.int64)
+    mag = u & 0x7FFFFFFF
+    return np.where(u & 0x80000000, -mag, mag)
+
+
+def variant_of(run) -> str:
+    """The replayable arithmetic of a run, or a DataError that says why it is not replayable."""
+    missing = [t for t in ("W", "m", "v", "grad") if t not in run.available]
+    if missing:
+        raise DataError(f"{run.path.name}: cannot replay: it did not record {', '.join(missing)} "
+                        f"(record.tensors must hold W, m, v and grad; e.g. the flannel-7 preset)")
+    impl = run.config["optim"].get("impl", "foreach")
+    if impl == "fused":
+        raise DataError(f"{run.path.name}: optim.impl fused computes AdamW in one float32 kernel; "
+                        "the replay models the foreach / single-tensor arithmetic")
+    dtype = run.config["precision"]["dtype"]
+    if dtype not in ("bf16", "fp32"):
+        raise DataError(f"{run.path.name}: precision {dtype}: the fp32 master weights are not recorded, "
+                        "so W[t−1] of the optimizer is unknown")
+    return dtype
+
+
+def replay_pairs(run) -> list[int]:
+    """Steps t ≥ 1 whose predecessor t − 1 was recorded too."""
+    recorded = set(int(s) for s in run.steps)
+    return [t for t in sorted(recorded) if t >= 1 and t - 1 in recorded]
+
+
+def verify(run, laws: dict | None = None, block: int = 32, progress: bool = False,
+           steps: list[int] | None = None, hyper: dict | None = None) -> Verification:
+    """Replay every recorded step pair of `run` and tabulate mismatches per tensor.
+
+    `laws` replaces parts of the arithmetic and `hyper` the config's beta1, beta2, eps or weight_decay:
+    the negative controls, which must produce mismatches.
+    """
+    from tqdm import tqdm
+
+    variant = variant_of(run)
+    bf16 = variant == "bf16"
+    o = run.config["optim"]
+    hp_base = dict(beta1=float(o["betas"][0]), beta2=float(o["betas"][1]), eps=float(o["eps"]),
+                   weight_decay=float(o["weight_decay"]))
+    unknown = set(hyper or {}) - set(hp_base)
+    if unknown:
+        raise ValueError(f"hyper: unknown key(s) {sorted(unknown)}; known: {sorted(hp_base)}")
+    hp_base.update(hyper or {})
+    pairs = replay_pairs(run) if steps is None else steps
+    if not pairs:
+        raise DataError(f"{run.path.name}: no two consecutive recorded steps to replay")
+    lr, clip = run.lr, run.clip_scale
+    kind = "bits" if bf16 else "numpy"
+    table = {name: Mismatch(tensor=name) for name in TENSORS}
+    started = time.perf_counter()
+    with tqdm(total=len(pairs), desc=f"verify {run.name}", unit="step", disable=not progress) as bar:
+        for i in range(0, len(pairs), block):
+            chunk = pairs[i:i + block]
+            prev = {name: run.tensor(name, steps=[t - 1 for t in chunk], kind=kind) for name in TENSORS}
+            cur = {name: run.tensor(name, steps=chunk, kind=kind) for name in TENSORS}
+            grad = run.tensor("grad", steps=chunk, kind=kind)
+            for j, t in enumerate(chunk):
+                hp = adam.Hyper(lr=float(lr[t - 1]), **hp_base)
+                out = adam.adamw_step(prev["W"][j], prev["m"][j], prev["v"][j], grad[j], t, hp,
+                                      clip_scale=float(clip[t - 1]), bf16=bf16, laws=laws)
+                for name in TENSORS:
+                    _tally(table[name], getattr(out, name), cur[name][j], t, bf16)
+            bar.update(len(chunk))
+    return Verification(run=f"{run.name}-{run.key}", variant=variant, steps=list(pairs),
+                        laws={**adam.LAWS, **(laws or {})}, table=list(table.values()), hyper=dict(hyper or {}),
+                        seconds=time.perf_counter() - started)
+
+
+def _tally(m: Mismatch, got: np.ndarray, want: np.ndarray, t: int, bf16: bool) -> None:
+    got_o, want_o = _ordinal(got, bf16), _ordinal(want, bf16)
+    dist = np.abs(got_o - want_o)
+    m.elements += dist.size
+    bad = int(np.count_nonzero(dist))
+    if bad:
+        m.count += bad
+        m.max_ulps = max(m.max_ulps, int(dist.max()))
+        if m.first_step is None:
+            m.first_step = t
+        values, counts = np.unique(np.minimum(dist[dist > 0], 1000), return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            m.ulp_histogram[v] = m.ulp_histogram.get(v, 0) + c
+
+
+def format_table(v: Verification) -> str:
+    lines = [f"replay of {v.run} ({v.variant}, steps {v.steps[0]}..{v.steps[-1]}, {len(v.steps)} steps, "
+             f"{v.elements:,} elements compared in {v.seconds:.1f} s)"]
+    changed = {k: x for k, x in v.laws.items() if adam.LAWS.get(k) != x} | v.hyper
+    if changed:
+        lines.append(f"negative control, changed: {changed}")
+    lines.append(f"{'tensor':<7} {'elements':>14} {'mismatches':>11} {'max ULPs':>9} {'first step':>10}")
+    for m in v.table:
+        first = "-" if m.first_step is None else str(m.first_step)
+        lines.append(f"{m.tensor:<7} {m.elements:>14,} {m.count:>11,} {m.max_ulps:>9,} {first:>10}")
+    lines.append("bit-exact" if v.exact else "MISMATCH")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The laws of physics, kernel by kernel: our numpy arithmetic against PyTorch's on the same inputs.
+
+Each AdamW kernel is checked alone (so a failure names the law that changed), then whole steps against
+torch.optim.AdamW for both CPU implementations that share this arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import adam
+
+F32 = np.float32
+RNG = np.random.default_rng(7)
+N = 200_000
+
+
+def _values(scale: float, n: int = N) -> np.ndarray:
+    """Magnitudes spread over six decades, both signs: dead-token gradients are tiny, weights are not."""
+    return (RNG.normal(0, 1, n) * scale * RNG.choice([1, 1e-2, 1e-4], n)).astype(np.float32)
+
+
+def _t(x: np.ndarray, bf16: bool) -> torch.Tensor:
+    t = torch.from_numpy(x.copy())
+    return t.bfloat16() if bf16 else t
+
+
+def _np(t: torch.Tensor, bf16: bool) -> np.ndarray:
+    return adam.bf16_to_f32(t.view(torch.int16).numpy().view(np.uint16)) if bf16 else t.numpy().copy()
+
+
+def _rnd(x: np.ndarray, bf16: bool) -> np.ndarray:
+    return adam.bf16_to_f32(adam.f32_to_bf16(x)) if bf16 else x.astype(np.float32)
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> int:
+    return int((a.view(np.uint32) != b.view(np.uint32)).sum())
+
+
+def test_float32_to_bf16_rounds_like_torch():
+    u = RNG.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32)
+    f = u.view(np.float32)
+    f = f[np.isfinite(f)]
+    want = torch.from_numpy(f.copy()).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(adam.f32_to_bf16(f), want)
+
+
+def test_fma_is_a_single_rounding():
+    a, b, c = (_values(1.0) for _ in range(3))
+    exact = (a.astype(np.longdouble) * b.astype(np.longdouble) + c.astype(np.longdouble)).astype(np.float32)
+    assert np.array_equal(adam.fma32(a, b, c), exact)
+    # and it is not the two-rounding a*b + c, for some inputs
+    assert (adam.fma32(a, b, c) != a * b + c).any()
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_lerp_is_fused(bf16):
+    m, g = _t(_values(1e-4), bf16), _t(_values(1e-3), bf16)
+    want = _np(m.clone().lerp_(g, 1 - 0.9), bf16)
+    M, G = _np(m, bf16), _np(g, bf16)
+    got = _rnd(adam.fma32(np.full_like(M, F32(1 - 0.9)), G - M, M), bf16)
+    assert _differ(got, want) == 0
+    assert _differ(_rnd(M + F32(1 - 0.9) * (G - M), bf16), want) > 0  # unfused would be visibly wrong
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_addcmul_is_fused_and_addcdiv_is_not(bf16):
+    v, g = _t(np.abs(_values(1e-6)), bf16), _t(_values(1e-3), bf16)
+    want = _np(v.clone().addcmul_(g, g, value=1 - 0.999), bf16)
+    V, G = _np(v, bf16), _np(g, bf16)
+    assert _differ(_rnd(adam.fma32(F32(1 - 0.999) * G, G, V), bf16), want) == 0
+    w, m, d = _t(_values(0.3), bf16), _t(_values(1e-4), bf16), _t(np.abs(_values(1e-4)) + 1e-6, bf16)
+    s = -1e-3 / 0.19
+    want = _np(w.clone().addcdiv_(m, d, value=s), bf16)
+    W, M, D = _np(w, bf16), _np(m, bf16), _np(d, bf16)
+    assert _differ(_rnd(W + (F32(s) * M) / D, bf16), want) == 0
+
+
+def test_epsilon_is_cast_to_bf16_but_multipliers_stay_float32():
+    x = _t(np.abs(_values(1e-4)), True)
+    X = _np(x, True)
+    eps_bf16 = adam.bf16_to_f32(adam.f32_to_bf16(np.float32(1e-8)))
+    assert _differ(_rnd(X + eps_bf16, True), _np(x.clone().add_(1e-8), True)) == 0
+    assert _differ(_rnd(X + F32(1e-8), True), _np(x.clone().add_(1e-8), True)) > 0
+    assert _differ(_rnd(X * F32(0.999), True), _np(x.clone().mul_(0.999), True)) == 0
+    c = (1 - 0.999 ** 7) ** 0.5
+    assert _differ(_rnd(X / F32(c), True), _np(x.clone().div_(c), True)) == 0
+
+
+def test_bf16_sqrt_is_exact_for_every_bf16_value():
+    bits = np.arange(0, 0x7F80, dtype=np.uint16)  # every finite non-negative bf16
+    t = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)
+    want = t.sqrt().view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(adam.f32_to_bf16(np.sqrt(adam.bf16_to_f32(bits))), want)
+
+
+def _torch_step(W, m, v, g, t, hp: adam.Hyper, clip: float, impl: str, bf16: bool):
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    as_t = (lambda x: torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16)) if bf16 else \
+        (lambda x: torch.from_numpy(x.copy()))
+    p = as_t(W).clone().requires_grad_(True)
+    opt = torch.optim.AdamW([p], lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay,
+                            foreach=impl == "foreach")
+    grad = as_t(g).clone()
+    grad.mul_(torch.tensor(clip, dtype=torch.float32))
+    p.grad = grad
+    if t > 1:
+        opt.state[p] = {"step": torch.tensor(float(t - 1)), "exp_avg": as_t(m).clone(), "exp_avg_sq": as_t(v).clone()}
+    opt.step()
+    out = (lambda x: x.detach().view(torch.int16).numpy().view(np.uint16)) if bf16 else (lambda x: x.detach().numpy())
+    assert p.dtype == dtype
+    return out(p), out(opt.state[p]["exp_avg"]), out(opt.state[p]["exp_avg_sq"])
+
+
+def _state(t: int, bf16: bool, shape=(3000, 64)):
+    n = shape[0] * shape[1]
+    W = RNG.normal(0, 0.3, n).astype(np.float32).reshape(shape)
+    g = _values(1e-3, n).reshape(shape)
+    m = _values(1e-3, n).reshape(shape) if t > 1 else np.zeros(shape, np.float32)
+    v = (_values(1e-3, n) ** 2).reshape(shape) if t > 1 else np.zeros(shape, np.float32)
+    conv = adam.f32_to_bf16 if bf16 else (lambda x: x)
+    return tuple(conv(x) for x in (W, m, v, g))
+
+
+@pytest.mark.parametrize("impl", ["foreach", "single"])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("t", [1, 2, 500])
+def test_bf16_step_is_bit_exact_against_torch(impl, wd, t):
+    W, m, v, g = _state(t, True)
+    hp = adam.Hyper(lr=1e-3 * (1000 - t + 1) / 1000, weight_decay=wd)
+    want = _torch_step(W, m, v, g, t, hp, 0.37, impl, True)
+    got = adam.adamw_step(W, m, v, g, t, hp, clip_scale=0.37, bf16=True)
+    for name, a, b in zip("Wmv", (got.W, got.m, got.v), want, strict=True):
+        assert np.array_equal(a, b), (name, int((a != b).sum()))
+
+
+@pytest.mark.parametrize("t", [1, 2, 500])
+def test_fp32_step_differs_only_by_the_library_square_root(t):
+    W, m, v, g = _state(t, False)
+    hp = adam.Hyper(lr=1e-3, weight_decay=0.1)
+    want = _torch_step(W, m, v, g, t, hp, 1.0, "foreach", False)
+    got = adam.adamw_step(W, m, v, g, t, hp, bf16=False)
+    assert np.array_equal(got.m, want[1]) and np.array_equal(got.v, want[2])
+    differ = int((got.W != want[0]).sum())
+    assert 0 < differ < 0.01 * got.W.size  # the correctly rounded sqrt is not what the library computes
+    borrowed = adam.adamw_step(W, m, v, g, t, hp, bf16=False, laws={"sqrt": "library"})
+    assert np.array_equal(borrowed.W, want[0])
+
+
+def test_weight_decay_below_half_an_ulp_changes_nothing_in_bf16():
+    """A separate bf16 multiply by (1 − lr·λ) rounds back to θ when lr·λ is below about 2⁻⁹."""
+    W = adam.f32_to_bf16(RNG.normal(0, 0.3, 100_000).astype(np.float32))
+    vals = adam.bf16_to_f32(W)
+    for lr_wd in (3e-5, 1e-4, 1e-3):
+        assert np.array_equal(adam.f32_to_bf16(vals * F32(1 - lr_wd)), W), lr_wd
+    assert not np.array_equal(adam.f32_to_bf16(vals * F32(1 - 0.01)), W)

@@ -88,6 +88,9 @@ class StepResult:
     W: np.ndarray
     m: np.ndarray
     v: np.ndarray
+    decayed: np.ndarray  # float32 values of θ after the weight-decay multiply (θ itself when λ = 0)
+    denom: np.ndarray  # float32 values of √v̂ + ε as the kernel stored it
+    intended: np.ndarray  # float32 Adam term ((−η/(1−β₁ᵗ))·m)/d, before it is added to θ and rounded
 
 
 def _round(x: np.ndarray, bf16: bool) -> np.ndarray:
@@ -107,17 +110,35 @@ def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: boo
     At t = 1 pass m = v = 0. `laws` overrides parts of the arithmetic (negative controls: see `LAWS`).
     """
     law = {**LAWS, **(laws or {})}
-    W, m, v, g = (_val(x, bf16) for x in (W, m, v, g))
+    m, v, g = (_val(x, bf16) for x in (m, v, g))
     if clip_scale != 1.0:  # clip_grad_norm_: g.mul_(scale) on the gradient, in its own dtype
         g = _val(_round(g * F32(clip_scale), bf16), bf16)
-    lr, b1, b2, eps, wd = hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay
-    rnd = (lambda x: _val(_round(x, bf16), bf16)) if _truthy(law["round_each_op"]) else (lambda x: x)
+    rnd = _rounder(bf16, law)
+    m = rnd(fma32(np.full_like(m, F32(1 - hp.beta1)), g - m, m))
+    v = rnd(v * F32(hp.beta2))
+    v = rnd(fma32(F32(1 - hp.beta2) * g, g, v))
+    return apply_update(W, m, v, t, hp, bf16=bf16, laws=laws, state_is_bits=False)
 
+
+def _rounder(bf16: bool, law: dict):
+    return (lambda x: _val(_round(x, bf16), bf16)) if _truthy(law["round_each_op"]) else (lambda x: x)
+
+
+def apply_update(W, m, v, t: int, hp: Hyper, bf16: bool = True, laws: dict | None = None,
+                 state_is_bits: bool = True) -> StepResult:
+    """The rest of step t once m[t], v[t] are known: weight decay, the denominator, the Adam term, θ[t].
+
+    This is how a recording is decomposed: W[t−1] with the recorded m[t], v[t] gives the intended update
+    and what bf16 rounding kept of it, without the gradient.
+    """
+    law = {**LAWS, **(laws or {})}
+    W = _val(W, bf16)
+    if state_is_bits:
+        m, v = _val(m, bf16), _val(v, bf16)
+    lr, b1, b2, eps, wd = hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay
+    rnd = _rounder(bf16, law)
     if wd != 0 and law["decay"] == "before":
         W = rnd(W * F32(1 - lr * wd))
-    m = rnd(fma32(np.full_like(m, F32(1 - b1)), g - m, m))
-    v = rnd(v * F32(b2))
-    v = rnd(fma32(F32(1 - b2) * g, g, v))
     bc1 = 1 - b1 ** t
     bc2 = 1 - b2 ** t
     step_size = (lr / bc1) * -1
@@ -130,10 +151,13 @@ def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: boo
         d = rnd(d + eps32)
     else:  # ε inside the square root: a textbook variant
         d = rnd(sqrt(rnd(v / F32(bc2) + eps32)))
-    W = rnd(W + (F32(step_size) * m) / d)
+    decayed = W
+    intended = (F32(step_size) * m) / d
+    W = rnd(W + intended)
     if wd != 0 and law["decay"] == "after":
         W = rnd(W * F32(1 - lr * wd))
-    return StepResult(W=_round(W, bf16), m=_round(m, bf16), v=_round(v, bf16))
+    return StepResult(W=_round(W, bf16), m=_round(m, bf16), v=_round(v, bf16), decayed=decayed, denom=d,
+                      intended=intended)
 
 
 def _truthy(value) -> bool:

@@ -117,7 +117,13 @@ def run(name_or_config: str | dict, progress: bool = True, **overrides: Any) -> 
     return result
 
 
+def _quiet() -> bool:
+    """TQDM_DISABLE=1 (tqdm's own switch, which the page executor sets) silences bars we request explicitly."""
+    return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+
+
 def _run_resolved(cfg: dict, progress: bool = True) -> Run:
+    progress = progress and not _quiet()
     store = store_dir()
     store.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(cfg, store)
@@ -180,7 +186,7 @@ def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **ov
         ctx = multiprocessing.get_context("spawn")  # torch state must not be forked
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = [pool.submit(_sweep_member, copy.deepcopy(m)) for m in members]
-            paths = [f.result() for f in tqdm(futures, desc=f"sweep {cfg['name']}", disable=not progress)]
+            paths = [f.result() for f in tqdm(futures, desc=f"sweep {cfg['name']}", disable=not progress or _quiet())]
         runs = [Run(p) for p in paths]
     for r in runs:
         _log(r)

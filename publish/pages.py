@@ -110,11 +110,16 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     page = docs_path(doc.rel)
     stream: list[str] = []
 
+    errors: list[str] = []
+
     def flush():
         if stream:
             text = "".join(stream)
             out.blocks.append(markdown_links(text.rstrip("\n")) if asis else _text_block(text))
             stream.clear()
+        if errors:
+            out.blocks.append(_text_block("".join(errors)))
+            errors.clear()
 
     label = chunk.options.get("label")
     caption = chunk.options.get("fig-cap")
@@ -123,7 +128,10 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     for output in outputs:
         kind = output.get("output_type")
         if kind == "stream":
-            stream.append(_as_text(output.get("text", "")))
+            if output.get("name") == "stderr":  # never inside printed markdown: a block of its own, after it
+                errors.append(_as_text(output.get("text", "")))
+            else:
+                stream.append(_as_text(output.get("text", "")))
             continue
         flush()
         if kind == "error":

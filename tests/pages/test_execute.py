@@ -208,3 +208,29 @@ def test_chunk_timeout_and_fenced_echo(project, put):
     path.write_text(path.read_text().replace("time.sleep(60)", "time.sleep(0)"))
     (page,) = build_pages(project, [read_document(path, project)], timeout=30)
     assert "````markdown\n```{python}\n#| echo: fenced\n#| label: quick\nprint(\"fast\")\n```\n````" in page.markdown
+
+
+def test_asis_markdown_keeps_stderr_out_and_rewrites_links(project, put):
+    """Printed markdown (`output: asis`) is part of the page; what went to stderr is shown apart from it."""
+    put(project, "lore/target.qmd", "---\ntitle: Target\n---\n\nHere.\n")
+    doc = read_document(put(project, "lore/asis.qmd", '''
+        ---
+        title: Asis
+        ---
+
+        ```{python}
+        #| output: asis
+        #| echo: false
+        import sys
+        print("| a | b |\\n|---|---|")
+        sys.stderr.write("progress 50%\\n")
+        print("| 1 | [two](target.qmd) |")
+        ```
+        '''), project)
+    pages = build_pages(project, [doc, read_document(project / "lore/target.qmd", project)])
+    md = pages[0].markdown
+    blocks = md.split("\n\n")
+    table = next(b for b in blocks if b.startswith("| a | b |"))
+    assert "progress 50%" not in table  # the table stays whole ...
+    assert "[two](target.md)" in table  # ... with its link rewritten like the prose's
+    assert any("progress 50%" in b and b.startswith("```") for b in blocks), md  # stderr in its own block

@@ -1,0 +1,109 @@
+"""Every recorded step taken apart: weight decay, momentum, scale, the intended update, and what rounding kept.
+
+For step t, with θ′ = θ[t−1] after the weight-decay multiply and the Adam term
+u = −η/(1−β₁ᵗ) · m[t] / (√v̂[t] + ε) computed exactly as PyTorch does (adam.apply_update), the recorded
+weights satisfy θ[t] = round(θ′ + u). The rounding residual r = θ′ + u − θ[t] is the part of the intended
+update that bf16 discarded: the quantity behind Fimbulwinter, when u stays finite but r = u for every element.
+
+`decompose(run)` streams a recording of W, m, v (grad not needed) and returns per-step aggregates over the
+recorded rows; `critical_ratio` places each element against the "critical boundary" where the intended step
+is half a ULP of the weight it should move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from experiments import adam
+from experiments.errors import DataError
+
+
+@dataclass
+class Decomposition:
+    """Per-step aggregates over the recorded rows (arrays aligned with `steps`)."""
+
+    steps: np.ndarray
+    decay: np.ndarray  # mean |θ′ − θ[t−1]| per element: what weight decay moved
+    mhat: np.ndarray  # mean |m̂| per element
+    denom: np.ndarray  # mean (√v̂ + ε) per element
+    intended: np.ndarray  # mean |u| per element
+    actual: np.ndarray  # mean |θ[t] − θ′| per element: what the Adam term moved after rounding
+    lost: np.ndarray  # Σ|r| / Σ|u|: the share of the intended motion rounding discarded
+    zeroed: np.ndarray  # fraction of elements with u ≠ 0 whose weight did not move at all
+    row_intended: np.ndarray  # mean ‖u‖₂ per row
+    row_actual: np.ndarray  # mean ‖θ[t] − θ[t−1]‖₂ per row
+    critical: np.ndarray  # median over elements of |u| / (ULP(θ′)/2): below 1, rounding erases the step
+
+    def at(self, step: int) -> int:
+        idx = np.flatnonzero(self.steps == step)
+        if idx.size == 0:
+            raise KeyError(f"step {step} was not decomposed")
+        return int(idx[0])
+
+
+def _ulp(values: np.ndarray) -> np.ndarray:
+    """bf16 ULP of float32 values that are bf16 numbers: 2^(E − 134), with E = 1 for zero / subnormals."""
+    e = ((values.view(np.uint32) >> 23) & 0xFF).astype(np.int32)
+    return np.ldexp(np.float32(1), np.maximum(e, 1) - 134).astype(np.float32)
+
+
+def critical_ratio(decayed: np.ndarray, intended: np.ndarray) -> np.ndarray:
+    """|u| / (ULP(θ′)/2) per element: a step below half a ULP rounds back to θ′ (ties aside)."""
+    return np.abs(intended) / (0.5 * _ulp(decayed))
+
+
+def decompose(run, steps=None, block: int = 32, progress: bool = False) -> Decomposition:
+    """Aggregates of every recorded step t ≥ 1 whose predecessor was recorded (bf16 runs)."""
+    from tqdm import tqdm
+
+    missing = [t for t in ("W", "m", "v") if t not in run.available]
+    if missing:
+        raise DataError(f"{run.path.name}: cannot decompose: it did not record {', '.join(missing)}")
+    if run.config["precision"]["dtype"] != "bf16":
+        raise DataError(f"{run.path.name}: the decomposition is for pure-bf16 runs "
+                        f"(this one is {run.config['precision']['dtype']})")
+    recorded = set(int(s) for s in run.steps)
+    pairs = [t for t in sorted(recorded) if t >= 1 and t - 1 in recorded]
+    if steps is not None:
+        wanted = set(int(s) for s in steps)
+        pairs = [t for t in pairs if t in wanted]
+    if not pairs:
+        raise DataError(f"{run.path.name}: no two consecutive recorded steps to decompose")
+    o = run.config["optim"]
+    base = dict(beta1=float(o["betas"][0]), beta2=float(o["betas"][1]), eps=float(o["eps"]),
+                weight_decay=float(o["weight_decay"]))
+    lr = run.lr
+    names = ("decay", "mhat", "denom", "intended", "actual", "lost", "zeroed", "row_intended", "row_actual",
+             "critical")
+    out = {k: np.zeros(len(pairs)) for k in names}
+    with tqdm(total=len(pairs), desc=f"decompose {run.name}", unit="step", disable=not progress) as bar:
+        for i in range(0, len(pairs), block):
+            chunk = pairs[i:i + block]
+            W_prev = run.tensor("W", steps=[t - 1 for t in chunk], kind="bits")
+            W_cur = run.tensor("W", steps=chunk, kind="bits")
+            m = run.tensor("m", steps=chunk, kind="bits")
+            v = run.tensor("v", steps=chunk, kind="bits")
+            for j, t in enumerate(chunk):
+                k = i + j
+                hp = adam.Hyper(lr=float(lr[t - 1]), **base)
+                r = adam.apply_update(W_prev[j], m[j], v[j], t, hp, bf16=True)
+                w0, w1 = adam.bf16_to_f32(W_prev[j]), adam.bf16_to_f32(W_cur[j])
+                u = r.intended.astype(np.float64)
+                moved = w1.astype(np.float64) - r.decayed.astype(np.float64)
+                residual = u - moved
+                out["decay"][k] = np.abs(r.decayed.astype(np.float64) - w0).mean()
+                out["mhat"][k] = np.abs(adam.bf16_to_f32(m[j]).astype(np.float64)).mean() / (1 - hp.beta1 ** t)
+                out["denom"][k] = r.denom.astype(np.float64).mean()
+                out["intended"][k] = np.abs(u).mean()
+                out["actual"][k] = np.abs(moved).mean()
+                total = np.abs(u).sum()
+                out["lost"][k] = np.abs(residual).sum() / total if total else 0.0
+                nonzero = u != 0
+                out["zeroed"][k] = (moved[nonzero] == 0).mean() if nonzero.any() else 0.0
+                out["row_intended"][k] = np.linalg.norm(u, axis=-1).mean()
+                out["row_actual"][k] = np.linalg.norm(w1.astype(np.float64) - w0, axis=-1).mean()
+                out["critical"][k] = np.median(critical_ratio(r.decayed, r.intended))
+            bar.update(len(chunk))
+    return Decomposition(steps=np.asarray(pairs), **out)

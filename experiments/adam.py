@@ -67,6 +67,13 @@ def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return s.astype(np.float32)
 
 
+def stochastic_round(x: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """float32 → bf16 by adding 16 random low bits to the bit pattern and cutting them (the rig's rounding):
+    rounds the magnitude up with probability equal to the discarded fraction."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+    return (((bits + np.asarray(noise, dtype=np.int64)) >> 16) & 0xFFFF).astype(np.uint16)
+
+
 # --------------------------------------------------------------------------- one step
 
 

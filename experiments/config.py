@@ -20,7 +20,8 @@ Sections (see DEFAULTS for every key and its default):
                         shuffled each epoch, drop_last), device auto (cuda > mps > cpu) | cpu | cuda | mps,
                         threads (torch CPU threads: results depend on it, so it is part of the config)
   record             -- rows all | dead | live | [ids]; steps all | {every: k} | [steps] (step 0 is the
-                        initialization); tensors subset of W, E, m, v, grad, h_mean (m, v, grad are W's).
+                        initialization); tensors subset of W, E, m, v, grad, h_mean, master (m, v, grad
+                        are W's; master is W's fp32 master copy in the fp32-master precisions).
                         loss, lr and the applied clip scale are always recorded every step.
   sweep              -- {dotted.key: [values, ...]}: one run per combination (cartesian product)
 
@@ -54,7 +55,7 @@ SCHEDULES = ("constant", "linear")
 IMPLS = ("foreach", "single", "fused")
 DATASETS = ("sliding", "chunks")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-TENSORS = ("W", "E", "m", "v", "grad", "h_mean")
+TENSORS = ("W", "E", "m", "v", "grad", "h_mean", "master")
 
 DEFAULTS: dict[str, Any] = {
     "name": None,
@@ -375,6 +376,8 @@ def validate(cfg: dict, origins: dict | None = None) -> None:
         fail("record.tensors", f"must be a list drawn from {', '.join(TENSORS)}, got {tensors!r}")
     if "E" in tensors and m["tied"]:
         fail("record.tensors", "E (the untied output matrix) needs model.tied: false")
+    if "master" in tensors and not str(cfg["precision"]["dtype"]).startswith("fp32-master"):
+        fail("record.tensors", "master (the fp32 master copy of W) needs precision fp32-master-rne or fp32-master-sr")
     r["tensors"] = [x for x in TENSORS if x in tensors]  # canonical order
 
     sweep = cfg["sweep"]

@@ -5,6 +5,7 @@ Layout (schema FORMAT_VERSION; root attributes as in ARCHITECTURE.md plus `token
   /steps  (T,) int32       recorded steps; step 0 = the initialization
   /loss /lr /clip_scale (S,)  every training step 1..S (float32, float64, float32)
   /W /E /m /v /grad (T, N, D)  uint16 bf16 bit patterns with attr dtype=bfloat16, or float32 (fp32 tensors)
+  /master (T, N, D) float32   W's fp32 master copy (fp32-master precisions): what the optimizer updates
   /h_mean (T, D) float32   mean final hidden state over batch x positions of the forward at that step
 Row t of m, v is the optimizer state that produced W[t]; row t of grad is the (unclipped) gradient of step t.
 Step 0 has no forward: its grad rows are 0 and its h_mean row is NaN.
@@ -28,7 +29,7 @@ import numpy as np
 from experiments.errors import DataError
 
 FORMAT_VERSION = 1
-STEP_TENSORS = ("W", "E", "m", "v", "grad")
+STEP_TENSORS = ("W", "E", "m", "v", "grad", "master")
 _CHUNK_BYTES = 64 * 1024  # target chunk size: small enough that one row's trajectory reads little
 
 

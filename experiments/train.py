@@ -192,7 +192,7 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
 
         state_dtype = "float32" if master is not None or prec == "fp32" else "bfloat16"
         dtypes = {"W": _dtype_name(model.W), "E": _dtype_name(model.W), "m": state_dtype, "v": state_dtype,
-                  "grad": _dtype_name(model.W), "h_mean": "float32"}
+                  "grad": _dtype_name(model.W), "h_mean": "float32", "master": "float32"}
         rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S,
                        d_model=cfg["model"]["d_model"], tensors={k: dtypes[k] for k in wanted},
                        dead=prepared.dead, counts=prepared.counts)
@@ -205,6 +205,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                     out["W"] = _bits(rows_of(model.W))
                 if "E" in wanted:
                     out["E"] = _bits(rows_of(model.E))
+                if "master" in wanted:
+                    out["master"] = _bits(rows_of(opt_W))
                 state = opt.state.get(opt_W, {})
                 for name, key in (("m", "exp_avg"), ("v", "exp_avg_sq")):
                     if name in wanted:

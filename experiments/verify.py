@@ -66,6 +66,9 @@ def _ordinal(x: np.ndarray, bf16: bool) -> np.ndarray:
     return np.where(u & 0x80000000, -mag, mag)
 
 
+MASTER = ("fp32-master-rne", "fp32-master-sr")
+
+
 def variant_of(run) -> str:
     """The replayable arithmetic of a run, or a DataError that says why it is not replayable."""
     missing = [t for t in ("W", "m", "v", "grad") if t not in run.available]
@@ -77,10 +80,48 @@ def variant_of(run) -> str:
         raise DataError(f"{run.path.name}: optim.impl fused computes AdamW in one float32 kernel; "
                         "the replay models the foreach / single-tensor arithmetic")
     dtype = run.config["precision"]["dtype"]
-    if dtype not in ("bf16", "fp32"):
-        raise DataError(f"{run.path.name}: precision {dtype}: the fp32 master weights are not recorded, "
-                        "so W[t−1] of the optimizer is unknown")
+    if dtype in MASTER and "master" not in run.available:
+        raise DataError(f"{run.path.name}: precision {dtype}: the fp32 master weights are not recorded "
+                        "(add master to record.tensors), so the optimizer's W[t−1] is unknown")
+    if dtype not in ("bf16", "fp32", *MASTER):
+        raise DataError(f"{run.path.name}: precision {dtype} is not replayable")
     return dtype
+
+
+class _SRNoise:
+    """The random low bits stochastic rounding added to W at each step, regenerated from the recorded seed.
+
+    Training draws `randint(0, 2¹⁶)` for every parameter in order after each optimizer step from one
+    generator, so W's bits at step t come after all earlier draws: steps are regenerated in order.
+    """
+
+    def __init__(self, run):
+        import torch
+
+        from experiments.model import GPT
+
+        self.torch = torch
+        V = int(np.asarray(run.dead).size)
+        with torch.device("meta"):  # shapes only, no memory
+            model = GPT(V, run.config["model"])
+        params = list(model.parameters())
+        self.shapes = [tuple(p.shape) for p in params]
+        self.w_index = next(i for i, p in enumerate(params) if p is model.W)
+        self.rows = np.asarray(run.tokens)
+        self.gen = torch.Generator().manual_seed(int(run.config["precision"]["sr_seed"]))
+        self.step = 0
+
+    def at(self, t: int) -> np.ndarray:
+        if t <= self.step:
+            raise ValueError(f"stochastic-rounding noise is regenerated in step order (asked {t} after {self.step})")
+        noise = None
+        while self.step < t:
+            self.step += 1
+            for i, shape in enumerate(self.shapes):
+                n = self.torch.randint(0, 1 << 16, shape, generator=self.gen, dtype=self.torch.int32)
+                if i == self.w_index and self.step == t:
+                    noise = n.numpy()[self.rows]
+        return noise
 
 
 def replay_pairs(run) -> list[int]:
@@ -100,6 +141,7 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
 
     variant = variant_of(run)
     bf16 = variant == "bf16"
+    master = variant in MASTER
     o = run.config["optim"]
     hp_base = dict(beta1=float(o["betas"][0]), beta2=float(o["betas"][1]), eps=float(o["eps"]),
                    weight_decay=float(o["weight_decay"]))
@@ -112,20 +154,34 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
         raise DataError(f"{run.path.name}: no two consecutive recorded steps to replay")
     lr, clip = run.lr, run.clip_scale
     kind = "bits" if bf16 else "numpy"
-    table = {name: Mismatch(tensor=name) for name in TENSORS}
+    # the optimizer's own weights: W itself, or (master variants) its fp32 master copy, from which the
+    # bf16 W is rounded after the step
+    theta = "master" if master else "W"
+    names = (theta, "m", "v", *(("W",) if master else ()))
+    table = {name: Mismatch(tensor=name) for name in names}
+    noise = _SRNoise(run) if variant == "fp32-master-sr" else None
+
+    def bf16_of(name: str) -> bool:  # stored as bf16 bits: everything of a bf16 run, W of a master run
+        return bf16 or (master and name == "W")
+
     started = time.perf_counter()
     with tqdm(total=len(pairs), desc=f"verify {run.name}", unit="step", disable=not progress) as bar:
         for i in range(0, len(pairs), block):
             chunk = pairs[i:i + block]
-            prev = {name: run.tensor(name, steps=[t - 1 for t in chunk], kind=kind) for name in TENSORS}
-            cur = {name: run.tensor(name, steps=chunk, kind=kind) for name in TENSORS}
-            grad = run.tensor("grad", steps=chunk, kind=kind)
+            prev = {name: run.tensor(name, steps=[t - 1 for t in chunk], kind=kind) for name in (theta, "m", "v")}
+            cur = {name: run.tensor(name, steps=chunk, kind="bits" if bf16_of(name) else kind) for name in names}
+            grad = run.tensor("grad", steps=chunk, kind="bits" if master or bf16 else kind)
             for j, t in enumerate(chunk):
                 hp = adam.Hyper(lr=float(lr[t - 1]), **hp_base)
-                out = adam.adamw_step(prev["W"][j], prev["m"][j], prev["v"][j], grad[j], t, hp,
+                g = adam.bf16_to_f32(grad[j]) if master else grad[j]  # master grads: the bf16 grad, upcast
+                out = adam.adamw_step(prev[theta][j], prev["m"][j], prev["v"][j], g, t, hp,
                                       clip_scale=float(clip[t - 1]), bf16=bf16, laws=laws)
-                for name in TENSORS:
-                    _tally(table[name], getattr(out, name), cur[name][j], t, bf16)
+                got = {theta: out.W, "m": out.m, "v": out.v}
+                if master:  # the bf16 model weights are written from the master copy
+                    got["W"] = (adam.f32_to_bf16(out.W) if noise is None
+                                else adam.stochastic_round(out.W, noise.at(t)))
+                for name in names:
+                    _tally(table[name], got[name], cur[name][j], t, bf16_of(name))
             bar.update(len(chunk))
     return Verification(run=f"{run.name}-{run.key}", variant=variant, steps=list(pairs),
                         laws={**adam.LAWS, **(laws or {})}, table=list(table.values()), hyper=dict(hyper or {}),
@@ -152,7 +208,7 @@ def format_table(v: Verification) -> str:
              f"{v.elements:,} elements compared in {v.seconds:.1f} s)"]
     changed = {k: x for k, x in v.laws.items() if adam.LAWS.get(k) != x} | v.hyper
     if changed:
-        lines.append(f"negative control, changed: {changed}")
+        lines.append(f"changed from PyTorch's arithmetic and the run's config: {changed}")
     lines.append(f"{'tensor':<7} {'elements':>14} {'mismatches':>11} {'max ULPs':>9} {'first step':>10}")
     for m in v.table:
         first = "-" if m.first_step is None else str(m.first_step)

@@ -107,3 +107,55 @@ def decompose(run, steps=None, block: int = 32, progress: bool = False) -> Decom
                 out["critical"][k] = np.median(critical_ratio(r.decayed, r.intended))
             bar.update(len(chunk))
     return Decomposition(steps=np.asarray(pairs), **out)
+
+
+@dataclass
+class Lag:
+    """Correlation between a row's gradient at step t and its motion at step t + k."""
+
+    lags: np.ndarray  # k = 0 … max_lag
+    mean: np.ndarray  # mean over rows of the per-row correlation at each lag
+    per_row: np.ndarray  # (rows, lags)
+    tokens: np.ndarray
+
+    @property
+    def peak(self) -> np.ndarray:
+        """Lag of each row's highest correlation."""
+        return self.lags[np.argmax(self.per_row, axis=1)]
+
+
+def lag_correlation(run, rows=None, steps: tuple[int, int] | None = None, max_lag: int = 30) -> Lag:
+    """Per row, Pearson correlation of g[t] (after clipping) with −ΔW[t + k] = W[t+k−1] − W[t+k], pooled over
+    the row's coordinates and the steps t in `steps` (first, last), for k = 0 … max_lag.
+
+    With Adam, motion follows the momentum m̂, an exponential average of past gradients with time constant
+    1/(1 − β₁) = 10 steps, so the correlation should not peak at k = 0 alone but spread over later steps.
+    """
+    missing = [t for t in ("W", "grad") if t not in run.available]
+    if missing:
+        raise DataError(f"{run.path.name}: the lag needs W and grad (missing: {', '.join(missing)})")
+    recorded = np.asarray(run.steps)
+    first, last = steps if steps is not None else (1, int(recorded.max()))
+    last = min(last, int(recorded.max()))
+    if first < 1 or not np.isin(np.arange(first - 1, last + 1), recorded).all():
+        raise DataError(f"{run.path.name}: the lag needs every step from {first - 1} to {last} recorded")
+    if last - first < max_lag + 2:
+        raise DataError(f"{run.path.name}: steps {first}..{last} are too few for lags up to {max_lag}")
+    W = np.asarray(run.W(steps=slice(first - 1, last + 1), rows=rows), dtype=np.float32)
+    g = np.asarray(run.tensor("grad", steps=slice(first, last + 1), rows=rows), dtype=np.float32)
+    g = g * run.clip_scale[first - 1:last, None, None].astype(np.float32)
+    motion = -(W[1:] - W[:-1])  # (T, N, D), aligned with g: motion[t] is the step t update
+    T = motion.shape[0]
+    lags = np.arange(max_lag + 1)
+    per_row = np.zeros((motion.shape[1], lags.size))
+    for k in lags:
+        x = g[: T - k].astype(np.float64)
+        y = motion[k:].astype(np.float64)
+        x = x - x.mean(axis=(0, 2), keepdims=True)
+        y = y - y.mean(axis=(0, 2), keepdims=True)
+        num = (x * y).sum(axis=(0, 2))
+        den = np.sqrt((x * x).sum(axis=(0, 2)) * (y * y).sum(axis=(0, 2)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_row[:, k] = np.nan_to_num(num / den)
+    tokens = np.asarray(run.tokens) if rows is None else np.atleast_1d(np.asarray(rows))
+    return Lag(lags=lags, mean=per_row.mean(axis=0), per_row=per_row, tokens=tokens)

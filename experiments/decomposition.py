@@ -159,3 +159,13 @@ def lag_correlation(run, rows=None, steps: tuple[int, int] | None = None, max_la
             per_row[:, k] = np.nan_to_num(num / den)
     tokens = np.asarray(run.tokens) if rows is None else np.atleast_1d(np.asarray(rows))
     return Lag(lags=lags, mean=per_row.mean(axis=0), per_row=per_row, tokens=tokens)
+
+
+def row_critical(run, step: int) -> np.ndarray:
+    """Per recorded row, the median over its coordinates of |u| / (ULP(θ′)/2) at `step` (see critical_ratio)."""
+    o = run.config["optim"]
+    hp = adam.Hyper(lr=float(run.lr[step - 1]), beta1=float(o["betas"][0]), beta2=float(o["betas"][1]),
+                    eps=float(o["eps"]), weight_decay=float(o["weight_decay"]))
+    r = adam.apply_update(run.tensor("W", steps=step - 1, kind="bits"), run.tensor("m", steps=step, kind="bits"),
+                          run.tensor("v", steps=step, kind="bits"), step, hp, bf16=True)
+    return np.median(critical_ratio(r.decayed, r.intended), axis=-1)

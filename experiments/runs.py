@@ -12,17 +12,19 @@ is appended to $LAB_RUN_LOG (one JSON line {"name", "key", "path"}) when that va
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import re
+import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from experiments.config import canonical_json, load_config, resolve_device, sweep_members
 from experiments.errors import ConfigError, DataError
@@ -122,6 +124,29 @@ def _quiet() -> bool:
     return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
 
 
+@contextlib.contextmanager
+def _compute_slot(store: Path, threads: int):
+    """Hold one of the store's training slots: cores // threads of them, so that parallel documents or sweep
+    members never run more torch threads than the machine has cores (oversubscribed, two 2-thread trainings
+    on 2 cores each ran about 10x slower than alone). Others wait their turn; the thread count itself is part
+    of the config, since it decides the bits, so it is never changed here.
+    """
+    slots = max(1, (os.cpu_count() or 1) // max(1, int(threads)))
+    locks = [FileLock(str(store / f".train-slot-{i}.lock")) for i in range(slots)]
+    while True:
+        for lock in locks:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                yield
+            finally:
+                lock.release()
+            return
+        time.sleep(0.2)
+
+
 def _run_resolved(cfg: dict, progress: bool = True) -> Run:
     progress = progress and not _quiet()
     store = store_dir()
@@ -136,7 +161,8 @@ def _run_resolved(cfg: dict, progress: bool = True) -> Run:
             return Run(final)
         for stale in store.glob(f"{final.name}.tmp-*"):  # we hold the lock: these are leftovers
             stale.unlink(missing_ok=True)
-        _train_into(cfg, prepared, key, parts, final, progress)
+        with _compute_slot(store, cfg["train"].get("threads") or 1):
+            _train_into(cfg, prepared, key, parts, final, progress)
     return Run(final)
 
 

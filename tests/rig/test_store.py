@@ -158,3 +158,24 @@ def test_sweep_trains_members_in_parallel_processes(store, tiny, monkeypatch, tm
     assert experiments.run(cfg, progress=False, **{"train.init_seed": 2}).key == runs[1].key
     assert [r.key for r in experiments.sweep(cfg, progress=False)] == [r.key for r in runs]
     assert os.environ["LAB_STORE"] == str(store)
+
+
+def test_training_waits_for_a_free_compute_slot(store, tiny, monkeypatch):
+    """2 cores / 2 threads = one training at a time: a second waits instead of oversubscribing the cores."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    cfg = tiny(name="slot", train={"steps": 3, "threads": 2})
+    busy = FileLock(str(store / ".train-slot-0.lock"))
+    busy.acquire()
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("run", experiments.run(cfg, progress=False)))
+    worker.start()
+    time.sleep(1.5)
+    assert "run" not in result and not list(store.glob("slot-*"))  # waiting: not even a temporary file
+    busy.release()
+    worker.join(60)
+    assert result["run"].steps_total == 3

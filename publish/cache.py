@@ -112,7 +112,7 @@ def store(doc: Document, execution) -> dict:
     record = {
         "format": FORMAT,
         "source": doc.rel,
-        "source_sha256": sha256(doc.path),
+        "source_sha256": doc.source_sha256 or sha256(doc.path),
         "modules": {rel: fingerprint(root / rel) for rel in execution.modules if (root / rel).is_file()},
         "files": {rel: fingerprint(root / rel) for rel in execution.files if (root / rel).is_file()},
         "runs": runs,

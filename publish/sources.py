@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -67,6 +68,9 @@ class Document:
     meta: dict
     chunks: list[Chunk]
     slug: str
+    # sha256 of the bytes this Document was parsed from: the cache records what was executed, even if the
+    # file is edited while its kernel runs
+    source_sha256: str = ""
 
     @property
     def root(self) -> Path:
@@ -162,10 +166,11 @@ def read_document(path: Path | str, root: Path | str) -> Document:
         rel = path.relative_to(root).as_posix()
     except ValueError:
         raise SourceError(path, None, f"not inside the project root {root}") from None
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SourceError(path, text_line_of_offset(path.read_bytes(), e.start), "not valid UTF-8") from None
+        raise SourceError(path, text_line_of_offset(data, e.start), "not valid UTF-8") from None
     if path.suffix == ".qmd":
         meta, chunks = parse_qmd(text, path)
     elif path.suffix == ".py":
@@ -175,7 +180,8 @@ def read_document(path: Path | str, root: Path | str) -> Document:
     kind = document_kind(rel)
     meta, key_lines, meta_line = meta
     validate_meta(meta, kind, path, key_lines, meta_line)
-    return Document(path=path, rel=rel, kind=kind, meta=meta, chunks=chunks, slug=path.stem)
+    return Document(path=path, rel=rel, kind=kind, meta=meta, chunks=chunks, slug=path.stem,
+                    source_sha256=hashlib.sha256(data).hexdigest())
 
 
 def text_line_of_offset(data: bytes, offset: int) -> int:

@@ -134,3 +134,22 @@ def test_cache_entry_is_atomic_and_self_checking(project, put):
     notebook_path.write_text(notebook_path.read_text().replace("value 1", "value 9"))
     assert cache.load(doc) is None
     assert build(project)["lore/uses-a.qmd"].status == "executed"
+
+
+def test_an_edit_during_execution_is_not_mistaken_for_the_executed_source(project, put):
+    """The cache records the text that ran: a source saved while its kernel works is stale afterwards."""
+    from publish.sources import read_document
+
+    path = put(project, "lore/busy.qmd", '''
+        ---
+        title: Busy
+        ---
+
+        ```{python}
+        with open("busy.qmd", "a", encoding="utf-8") as f:  # the author saves an edit meanwhile
+            f.write("\\nEdited while running.\\n")
+        ```
+        ''')
+    pages = build_pages(project, [read_document(path, project)])
+    assert pages[0].status == "executed"
+    assert cache.stale_reason(read_document(path, project)) == "source changed"

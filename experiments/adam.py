@@ -88,6 +88,17 @@ class Hyper:
     weight_decay: float = 0.0
 
 
+def hyper_of(run, step: int, **replace: float) -> Hyper:
+    """The hyper-parameters of a recorded run's step `step` (its scheduled lr), optionally replaced."""
+    o = run.config["optim"]
+    fixed = dict(beta1=float(o["betas"][0]), beta2=float(o["betas"][1]), eps=float(o["eps"]),
+                 weight_decay=float(o["weight_decay"]))
+    unknown = set(replace) - set(fixed)
+    if unknown:
+        raise ValueError(f"hyper: unknown key(s) {sorted(unknown)}; known: {sorted(fixed)}")
+    return Hyper(lr=float(run.lr[step - 1]), **{**fixed, **replace})
+
+
 @dataclass
 class StepResult:
     """W, m, v after the step (bits for bf16, float32 otherwise) and the pieces of the update."""

@@ -71,10 +71,6 @@ def decompose(run, steps=None, block: int = 32, progress: bool = False) -> Decom
         pairs = [t for t in pairs if t in wanted]
     if not pairs:
         raise DataError(f"{run.path.name}: no two consecutive recorded steps to decompose")
-    o = run.config["optim"]
-    base = dict(beta1=float(o["betas"][0]), beta2=float(o["betas"][1]), eps=float(o["eps"]),
-                weight_decay=float(o["weight_decay"]))
-    lr = run.lr
     names = ("decay", "mhat", "denom", "intended", "actual", "lost", "zeroed", "row_intended", "row_actual",
              "critical")
     out = {k: np.zeros(len(pairs)) for k in names}
@@ -87,7 +83,7 @@ def decompose(run, steps=None, block: int = 32, progress: bool = False) -> Decom
             v = run.tensor("v", steps=chunk, kind="bits")
             for j, t in enumerate(chunk):
                 k = i + j
-                hp = adam.Hyper(lr=float(lr[t - 1]), **base)
+                hp = adam.hyper_of(run, t)
                 r = adam.apply_update(W_prev[j], m[j], v[j], t, hp, bf16=True)
                 w0, w1 = adam.bf16_to_f32(W_prev[j]), adam.bf16_to_f32(W_cur[j])
                 u = r.intended.astype(np.float64)
@@ -163,9 +159,7 @@ def lag_correlation(run, rows=None, steps: tuple[int, int] | None = None, max_la
 
 def row_critical(run, step: int) -> np.ndarray:
     """Per recorded row, the median over its coordinates of |u| / (ULP(θ′)/2) at `step` (see critical_ratio)."""
-    o = run.config["optim"]
-    hp = adam.Hyper(lr=float(run.lr[step - 1]), beta1=float(o["betas"][0]), beta2=float(o["betas"][1]),
-                    eps=float(o["eps"]), weight_decay=float(o["weight_decay"]))
+    hp = adam.hyper_of(run, step)
     r = adam.apply_update(run.tensor("W", steps=step - 1, kind="bits"), run.tensor("m", steps=step, kind="bits"),
                           run.tensor("v", steps=step, kind="bits"), step, hp, bf16=True)
     return np.median(critical_ratio(r.decayed, r.intended), axis=-1)

@@ -72,11 +72,9 @@ def adam_term_norms(run, steps) -> np.ndarray:
     missing = [t for t in ("W", "m", "v") if t not in run.available]
     if missing:
         raise DataError(f"{run.path.name}: the Adam term needs m and v (missing: {', '.join(missing)})")
-    o = run.config["optim"]
     out = []
     for t in steps:
-        hp = adam.Hyper(lr=float(run.lr[t - 1]), beta1=float(o["betas"][0]), beta2=float(o["betas"][1]),
-                        eps=float(o["eps"]), weight_decay=float(o["weight_decay"]))
+        hp = adam.hyper_of(run, t)
         r = adam.apply_update(run.tensor("W", steps=t - 1, kind="bits"), run.tensor("m", steps=t, kind="bits"),
                               run.tensor("v", steps=t, kind="bits"), t, hp, bf16=True)
         out.append(np.linalg.norm(r.intended.astype(np.float64) / -hp.lr, axis=-1))

@@ -142,17 +142,12 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
     variant = variant_of(run)
     bf16 = variant == "bf16"
     master = variant in MASTER
-    o = run.config["optim"]
-    hp_base = dict(beta1=float(o["betas"][0]), beta2=float(o["betas"][1]), eps=float(o["eps"]),
-                   weight_decay=float(o["weight_decay"]))
-    unknown = set(hyper or {}) - set(hp_base)
-    if unknown:
-        raise ValueError(f"hyper: unknown key(s) {sorted(unknown)}; known: {sorted(hp_base)}")
-    hp_base.update(hyper or {})
+    hyper = dict(hyper or {})
+    adam.hyper_of(run, 1, **hyper)  # unknown keys fail here, before any reading
     pairs = replay_pairs(run) if steps is None else steps
     if not pairs:
         raise DataError(f"{run.path.name}: no two consecutive recorded steps to replay")
-    lr, clip = run.lr, run.clip_scale
+    clip = run.clip_scale
     kind = "bits" if bf16 else "numpy"
     # the optimizer's own weights: W itself, or (master variants) its fp32 master copy, from which the
     # bf16 W is rounded after the step
@@ -172,7 +167,7 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
             cur = {name: run.tensor(name, steps=chunk, kind="bits" if bf16_of(name) else kind) for name in names}
             grad = run.tensor("grad", steps=chunk, kind="bits" if master or bf16 else kind)
             for j, t in enumerate(chunk):
-                hp = adam.Hyper(lr=float(lr[t - 1]), **hp_base)
+                hp = adam.hyper_of(run, t, **hyper)
                 g = adam.bf16_to_f32(grad[j]) if master else grad[j]  # master grads: the bf16 grad, upcast
                 out = adam.adamw_step(prev[theta][j], prev["m"][j], prev["v"][j], g, t, hp,
                                       clip_scale=float(clip[t - 1]), bf16=bf16, laws=laws)
@@ -184,7 +179,7 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
                     _tally(table[name], got[name], cur[name][j], t, bf16_of(name))
             bar.update(len(chunk))
     return Verification(run=f"{run.name}-{run.key}", variant=variant, steps=list(pairs),
-                        laws={**adam.LAWS, **(laws or {})}, table=list(table.values()), hyper=dict(hyper or {}),
+                        laws={**adam.LAWS, **(laws or {})}, table=list(table.values()), hyper=hyper,
                         seconds=time.perf_counter() - started)
 
 

@@ -157,9 +157,10 @@ def lag_correlation(run, rows=None, steps: tuple[int, int] | None = None, max_la
     return Lag(lags=lags, mean=per_row.mean(axis=0), per_row=per_row, tokens=tokens)
 
 
-def row_critical(run, step: int) -> np.ndarray:
-    """Per recorded row, the median over its coordinates of |u| / (ULP(θ′)/2) at `step` (see critical_ratio)."""
+def row_critical(run, step: int, reduce=np.median) -> np.ndarray:
+    """Per recorded row, `reduce` (default the median) over its coordinates of |u| / (ULP(θ′)/2) at `step`
+    (see critical_ratio); np.max gives the row's most mobile coordinate."""
     hp = adam.hyper_of(run, step)
     r = adam.apply_update(run.tensor("W", steps=step - 1, kind="bits"), run.tensor("m", steps=step, kind="bits"),
                           run.tensor("v", steps=step, kind="bits"), step, hp, bf16=True)
-    return np.median(critical_ratio(r.decayed, r.intended), axis=-1)
+    return reduce(critical_ratio(r.decayed, r.intended), axis=-1)

@@ -247,6 +247,7 @@ def build_pages(
     force: Iterable[str] = (),
     keep_going: bool = False,
     on_page: Callable[[Page], None] | None = None,
+    on_start: Callable[[Document, str], None] | None = None,
     only: Iterable[Document] | None = None,
     timeout: float | None = None,
     progress: bool = False,
@@ -257,7 +258,8 @@ def build_pages(
     regardless of the cache. `only`: when given, documents outside it are taken from the cache as they are,
     even if stale (those never executed are executed). Without `keep_going` the first failure stops
     scheduling further executions; documents never started are left out of the result. Returns pages in
-    the order of `docs`; `on_page` is called (from this thread) as each one finishes. `timeout`: seconds
+    the order of `docs`; `on_page` is called (from this thread) as each one finishes, `on_start(doc, reason)`
+    as each execution is scheduled (a long one, e.g. a page that trains a run, is visibly under way). `timeout`: seconds
     per chunk (default execute.DEFAULT_TIMEOUT). `progress`: a tqdm bar over documents (stderr).
     """
     root = Path(root).resolve()
@@ -318,7 +320,9 @@ def build_pages(
         running: dict[Future, Document] = {}
         while pending or running:
             while pending and len(running) < max(1, jobs) and (keep_going or not failed.is_set()):
-                doc, _ = pending.pop(0)
+                doc, why = pending.pop(0)
+                if on_start is not None:
+                    on_start(doc, why)
                 running[pool.submit(run, doc)] = doc
             if not running:
                 break

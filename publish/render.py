@@ -150,6 +150,7 @@ def render(
     pages = build_pages(
         root, docs, jobs=max(1, int(jobs or 1)), force=force, keep_going=keep_going,
         on_page=lambda page: print(page_line(page), flush=True),
+        on_start=lambda doc, why: print(f"{'running':<9} {doc.rel}  ({why})", flush=True),
         **({"only": chosen} if chosen is not None else {}),
     )
     failed = [p for p in pages if p.status == "failed"]

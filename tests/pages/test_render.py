@@ -75,6 +75,9 @@ def test_first_render_executes_each_code_document(built):
     assert st["lore/curve.qmd"] == "executed"
     assert st["lore/plain.qmd"] == "static"
     assert "0 failed" in out
+    # each execution announces itself when it starts, so a long one is visibly under way
+    for rel in ("log/2026-11-20-0930-first-look.qmd", "log/2026-11-21-1415-second-look.py", "lore/curve.qmd"):
+        assert re.search(rf"^running\s+{re.escape(rel)}\s+\(not cached\)$", out, re.M), rel
 
 
 def test_log_lists_entries_newest_first_with_time_categories_and_archive(built):

@@ -185,7 +185,10 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
 
 def _tally(m: Mismatch, got: np.ndarray, want: np.ndarray, t: int, bf16: bool) -> None:
     got_o, want_o = _ordinal(got, bf16), _ordinal(want, bf16)
-    dist = np.abs(got_o - want_o)
+    # a mismatch is any differing bit (+0 vs −0, NaN payloads included); the distance counts grid steps
+    as_int = np.uint16 if bf16 else np.uint32
+    differs = (np.ascontiguousarray(got).view(as_int) != np.ascontiguousarray(want).view(as_int))
+    dist = np.maximum(np.abs(got_o - want_o), differs.astype(np.int64))
     m.elements += dist.size
     bad = int(np.count_nonzero(dist))
     if bad:

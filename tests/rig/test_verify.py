@@ -96,3 +96,12 @@ def test_cli_exit_status_and_json(store, tiny, capsys):
     assert lab("verify", run.key, "--hyper", "gamma=1") == 2
     assert "unknown key" in capsys.readouterr().err
     assert lab("verify", "no-such-run") == 2
+
+
+def test_a_sign_of_zero_is_a_mismatch():
+    """Bit-exact means every bit: +0 and −0 are the same number but not the same recording."""
+    import numpy as np
+
+    m = verify.Mismatch(tensor="W")
+    verify._tally(m, np.array([0x0000, 0x3F80], np.uint16), np.array([0x8000, 0x3F80], np.uint16), 3, True)
+    assert (m.count, m.max_ulps, m.first_step) == (1, 1, 3)

@@ -18,8 +18,6 @@ No compression (it slows writes by an order of magnitude); memory does not grow 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +50,6 @@ class Recorder:
         self.tensors = dict(tensors)
         self.steps_total = steps_total
         self._scalar_at = 0
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._failed = False
         N, T, D = len(self.tokens), len(self.steps), d_model
         try:
             # cache sized for one chunk per dataset; chunks are never revisited
@@ -94,53 +89,12 @@ class Recorder:
     def wants(self, step: int) -> bool:
         return step in self.index
 
-    # Steps are written by one background thread while training computes the next step (torch kernels
-    # release the GIL). The queue holds at most two steps, so memory stays bounded; a write error is
-    # raised on the training thread at the next write_step or at finish.
-    _QUEUE_STEPS = 2
-
-    def _writer(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                if self._error is None:
-                    step, i, arrays = item
-                    for name, arr in arrays.items():
-                        self._write(f"{name}[step {step}]", lambda name=name, arr=arr, i=i:
-                                    self.f[name].write_direct(arr, dest_sel=np.s_[i]))
-            except BaseException as e:  # noqa: BLE001 - handed to the training thread
-                self._error = e
-            finally:
-                self._queue.task_done()
-
-    def _raise_pending(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._failed = True
-            raise error
-
     def write_step(self, step: int, arrays: dict[str, np.ndarray]) -> None:
-        """Queue one recorded step; bf16 arrays arrive as uint16 bit patterns, the rest as float32.
-
-        The arrays are copied here (they may view live parameters that the next step changes in place).
-        """
-        self._raise_pending()
-        if self._thread is None:
-            self._queue: queue.Queue = queue.Queue(maxsize=self._QUEUE_STEPS)
-            self._thread = threading.Thread(target=self._writer, name="recorder", daemon=True)
-            self._thread.start()
-        copies = {name: np.array(arr, copy=True, order="C") for name, arr in arrays.items()}
-        self._queue.put((step, self.index[step], copies))
-
-    def _drain(self) -> None:
-        """Wait for every queued step to be written and stop the writer thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        self._raise_pending()
+        """Write one recorded step; bf16 arrays arrive as uint16 bit patterns, the rest as float32."""
+        i = self.index[step]
+        for name, arr in arrays.items():
+            self._write(f"{name}[step {step}]", lambda name=name, arr=arr: self.f[name].write_direct(
+                np.ascontiguousarray(arr), dest_sel=np.s_[i]))
 
     def write_scalars(self, start_step: int, loss: np.ndarray, lr: np.ndarray, clip_scale: np.ndarray) -> None:
         """Loss, lr and clip scale for steps start_step .. start_step+len-1 (1-based training steps)."""
@@ -151,7 +105,6 @@ class Recorder:
 
     def finish(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark complete, flush and fsync. Only after this may the file be renamed to its final name."""
-        self._drain()
         if self._scalar_at != self.steps_total:
             raise DataError(f"{self.path}: only {self._scalar_at} of {self.steps_total} steps were recorded")
 
@@ -167,12 +120,6 @@ class Recorder:
             os.fsync(fh.fileno())
 
     def abort(self) -> None:
-        try:
-            self._error = None
-            if self._thread is not None:
-                self._drain()
-        except BaseException:  # noqa: BLE001 - already failing
-            pass
         try:
             f = getattr(self, "f", None)
             if f is not None and f.id.valid:

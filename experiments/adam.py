@@ -30,22 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from experiments.lattice import from_float32, to_float32
+
 F32 = np.float32
 
 
 # --------------------------------------------------------------------------- number formats
 
 
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round float32 to bf16, nearest even (NaN kept quiet), as uint16 bits."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    return np.where(nan, ((u >> 16) | np.uint32(0x40)).astype(np.uint16), rounded)
+# bf16 bits <-> float32: the lattice module's exact widening and round-to-nearest-even narrowing (checked
+# against torch's cast in tests/rig/test_adam.py)
+bf16_to_f32 = to_float32
+f32_to_bf16 = from_float32
 
 
 def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

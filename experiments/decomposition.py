@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments import adam
+from experiments import adam, lattice
 from experiments.errors import DataError
 
 
@@ -43,15 +43,9 @@ class Decomposition:
         return int(idx[0])
 
 
-def _ulp(values: np.ndarray) -> np.ndarray:
-    """bf16 ULP of float32 values that are bf16 numbers: 2^(E − 134), with E = 1 for zero / subnormals."""
-    e = ((values.view(np.uint32) >> 23) & 0xFF).astype(np.int32)
-    return np.ldexp(np.float32(1), np.maximum(e, 1) - 134).astype(np.float32)
-
-
 def critical_ratio(decayed: np.ndarray, intended: np.ndarray) -> np.ndarray:
     """|u| / (ULP(θ′)/2) per element: a step below half a ULP rounds back to θ′ (ties aside)."""
-    return np.abs(intended) / (0.5 * _ulp(decayed))
+    return np.abs(intended) / (0.5 * lattice.ulp(adam.f32_to_bf16(decayed)))
 
 
 def decompose(run, steps=None, block: int = 32, progress: bool = False) -> Decomposition:

@@ -27,7 +27,9 @@ def test_every_preset_resolves_and_seed_presets_extend_site_presets():
     members = C.sweep_members(C.load_config("flannel-5"))
     assert [m["model"]["init_std"] for m in members] == pytest.approx([0.005 * i for i in range(1, 10)])
     f6 = C.sweep_members(C.load_config("flannel-6"))
-    assert {m["train"]["init_seed"] for m in f6} == {42} and [m["train"]["data_seed"] for m in f6] == list(range(42, 52))
+    assert {m["train"]["init_seed"] for m in f6} == {42} and [m["train"]["data_seed"] for m in f6] == [42, 43, 44]
+    f6s = C.sweep_members(C.load_config("flannel-6-seed"))
+    assert [m["train"]["data_seed"] for m in f6s] == list(range(42, 52))
 
 
 def test_overrides_dotted_alias_and_sweep_fixing():

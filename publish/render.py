@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from filelock import FileLock
+
 from publish import generated, site
 from publish.layout import docs_path
 from publish.pages import build_pages
@@ -162,7 +164,12 @@ def render(
         return 1
 
     try:
-        result = publish_site(root, settings, pages, site_dir)
+        # two renders of one project may run at once (say, two authors' entries): the build and swap of
+        # site/ is the only shared step, so it is serialised
+        lock_dir = root / ".lab"
+        lock_dir.mkdir(exist_ok=True)
+        with FileLock(str(lock_dir / "site.lock")):
+            result = publish_site(root, settings, pages, site_dir)
     except (site.SiteError, RenderError, OSError) as e:
         print(f"error: {e}\nsite not updated ({site_dir} left as it was)", file=sys.stderr)
         return 1

@@ -6,16 +6,21 @@ the spread of the cloud about its own centroid c. A cloud that drifts as one bod
 r_centroid unchanged.
 
 Arithmetic in float64 from the exact bf16 values; recordings are streamed in blocks of steps, so memory
-does not grow with the length of the run.
+does not grow with the length of the run. Recordings of fp32 runs (float32 tensors) are accepted as they are.
+
+Beyond the radii: the centroid's path (length, efficiency, straightness, direction against the ±1 diagonal
+and against −h_mean; seeds B4/exploration/centroid_dynamics, crucible_3/h_mean_persistence), bulk vs thermal
+motion in the comoving frame (B3/1.30f, 1.31i) and liftoff (B4/exploration/crucible_3/h_mean_persistence).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from experiments.lattice import iter_step_blocks, to_float32
+from experiments.lattice import to_float32
 
 
 @dataclass
@@ -28,6 +33,13 @@ class CloudTrack:
     r_centroid: np.ndarray  # mean distance of rows from the centroid
     step_length: np.ndarray  # mean ‖W[t] − W[t−1]‖ per row (0 at the first step)
     moving: np.ndarray  # fraction of rows whose bits changed since the previous recorded step (0 at the first)
+    r_max_centroid: np.ndarray | None = None  # max distance of any row from the centroid (bounding sphere)
+    thermal: np.ndarray | None = None  # mean ‖ΔWᵢ − ΔC‖ per row: motion in the comoving frame (0 at the first)
+
+    @property
+    def bulk(self) -> np.ndarray:
+        """‖ΔC‖, the centroid's displacement per recorded step (0 at the first)."""
+        return np.concatenate([[0.0], np.linalg.norm(np.diff(self.centroid, axis=0), axis=1)])
 
     @property
     def centroid_norm(self) -> np.ndarray:
@@ -41,31 +53,76 @@ class CloudTrack:
         return int(idx[0])
 
 
-def _block_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centroid (T, D), r_origin (T,), r_centroid (T,)) of a (T, N, D) float block."""
+def as_values(arr) -> np.ndarray:
+    """float64 values of a block: bf16 bit patterns (uint16 or ml_dtypes bfloat16) exactly, floats as they are."""
+    a = np.asarray(arr)
+    if a.dtype == np.uint16 or a.dtype.name == "bfloat16":
+        return to_float32(a).astype(np.float64)
+    return a.astype(np.float64)
+
+
+def comoving(values: np.ndarray) -> np.ndarray:
+    """Positions in the comoving frame: each step's rows minus that step's centroid ((T, N, D) → (T, N, D))."""
+    return values - values.mean(axis=-2, keepdims=True)
+
+
+def _changed(arr: np.ndarray) -> np.ndarray:
+    """(T−1, N) bool: rows whose stored value changed between consecutive steps (bits, or float values)."""
+    a = np.asarray(arr)
+    if a.dtype.name == "bfloat16":
+        a = a.view(np.uint16)
+    return (a[1:] != a[:-1]).any(axis=2)
+
+
+def _block_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(centroid (T, D), r_origin, r_centroid, r_max_centroid (T,)) of a (T, N, D) float block."""
     centroid = values.mean(axis=1)
     r_origin = np.linalg.norm(values, axis=2).mean(axis=1)
-    r_centroid = np.linalg.norm(values - centroid[:, None, :], axis=2).mean(axis=1)
-    return centroid, r_origin, r_centroid
+    d_centroid = np.linalg.norm(values - centroid[:, None, :], axis=2)
+    return centroid, r_origin, d_centroid.mean(axis=1), d_centroid.max(axis=1)
 
 
 def cloud_track(bits: np.ndarray, steps: np.ndarray | None = None) -> CloudTrack:
     """The track of a (T, N, D) array of rows (bf16 bit patterns as uint16, or floats)."""
     arr = np.asarray(bits)
-    values = (to_float32(arr) if arr.dtype == np.uint16 else arr).astype(np.float64)
+    values = as_values(arr)
     if values.ndim != 3:
         raise ValueError(f"expected a (steps, rows, D) array, got shape {values.shape}")
     steps = np.arange(values.shape[0]) if steps is None else np.asarray(steps)
-    centroid, r_origin, r_centroid = _block_stats(values)
-    step_length = np.zeros(values.shape[0])
-    moving = np.zeros(values.shape[0])
+    centroid, r_origin, r_centroid, r_max = _block_stats(values)
+    step_length, moving, thermal = np.zeros((3, values.shape[0]))
     if values.shape[0] > 1:
-        step_length[1:] = np.linalg.norm(np.diff(values, axis=0), axis=2).mean(axis=1)
-        if arr.dtype == np.uint16:
-            moving[1:] = (arr[1:] != arr[:-1]).any(axis=2).mean(axis=1)
-        else:
-            moving[1:] = (values[1:] != values[:-1]).any(axis=2).mean(axis=1)
-    return CloudTrack(steps, centroid, r_origin, r_centroid, step_length, moving)
+        dw = np.diff(values, axis=0)
+        step_length[1:] = np.linalg.norm(dw, axis=2).mean(axis=1)
+        moving[1:] = _changed(arr).mean(axis=1)
+        thermal[1:] = np.linalg.norm(dw - np.diff(centroid, axis=0)[:, None, :], axis=2).mean(axis=1)
+    return CloudTrack(steps, centroid, r_origin, r_centroid, step_length, moving, r_max, thermal)
+
+
+def iter_blocks(run, block: int = 128, rows=None, tensor: str = "W") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(steps, stored array) blocks of a recorded run, consecutive blocks overlapping by one step.
+
+    Like `lattice.iter_step_blocks`, but the array is whatever the recording holds: uint16 bf16 bit patterns
+    or float32 (fp32 runs), so every analysis here accepts both.
+    """
+    if block < 2:
+        raise ValueError("block must be at least 2 steps (blocks overlap by one)")
+    steps = np.asarray(run.steps)
+    start = 0
+    while start < steps.size:
+        sel = steps[start:start + block]
+        data = np.asarray(run.tensor(tensor, steps=slice(int(sel[0]), int(sel[-1]) + 1), rows=rows, kind="bits"))
+        yield sel, (data.view(np.uint16) if data.dtype.name == "bfloat16" else data)
+        if start + block >= steps.size:
+            break
+        start += block - 1
+
+
+def _concat_tracks(parts: list[CloudTrack]) -> CloudTrack:
+    """Join per-block tracks whose blocks overlap by one step (later blocks' first frame is dropped)."""
+    names = [f.name for f in fields(CloudTrack)]
+    return CloudTrack(*(np.concatenate([getattr(p, n)[1 if i else 0:] for i, p in enumerate(parts)])
+                        for n in names))
 
 
 def run_cloud(run, rows=None, block: int = 128, tensor: str = "W", progress: bool = False) -> CloudTrack:
@@ -74,12 +131,170 @@ def run_cloud(run, rows=None, block: int = 128, tensor: str = "W", progress: boo
 
     parts: list[CloudTrack] = []
     with tqdm(total=len(run.steps), desc="cloud", unit="step", disable=not progress) as bar:
-        for i, (sel, bits) in enumerate(iter_step_blocks(run, block=block, rows=rows, tensor=tensor)):
-            part = cloud_track(bits, sel)
-            if i:  # blocks overlap by one step: its first frame is the previous block's last
-                part = CloudTrack(*(a[1:] for a in (part.steps, part.centroid, part.r_origin, part.r_centroid,
-                                                    part.step_length, part.moving)))
-            parts.append(part)
-            bar.update(len(part.steps))
-    return CloudTrack(*(np.concatenate([getattr(p, f) for p in parts])
-                        for f in ("steps", "centroid", "r_origin", "r_centroid", "step_length", "moving")))
+        for i, (sel, bits) in enumerate(iter_blocks(run, block=block, rows=rows, tensor=tensor)):
+            parts.append(cloud_track(bits, sel))  # blocks overlap by one step; _concat_tracks drops the repeat
+            bar.update(len(sel) - (1 if i else 0))
+    return _concat_tracks(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the centroid's path
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (T, D) arrays; NaN where either vector is zero or not finite."""
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (a * b).sum(axis=-1) / (na * nb)
+    out[~((na > 0) & (nb > 0) & np.isfinite(out))] = np.nan
+    return out
+
+
+def diagonal_cosine(d: np.ndarray) -> np.ndarray:
+    """cos(d, sign(d)) = ‖d‖₁ / (√D ‖d‖₂) per row of (T, D): 1 on a ±1 diagonal, ≈ √(2/π) ≈ 0.80 for a
+    Gaussian direction, 1/√D along one axis; NaN for a zero step (the thrust-period sign update, seeds
+    B4/exploration/thrust_period)."""
+    d = np.atleast_2d(np.asarray(d, dtype=np.float64))
+    n2 = np.linalg.norm(d, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.abs(d).sum(axis=-1) / (np.sqrt(d.shape[-1]) * n2)
+    out[n2 == 0] = np.nan
+    return out
+
+
+@dataclass
+class CentroidPath:
+    """The centroid's walk over a track (seeds: B4/exploration/centroid_dynamics; Crucible 2 reported
+    0.002889 → 0.635706, efficiency 0.8364, consecutive cos 0.9881).
+
+    Per-step arrays have length T and are aligned with `steps`: entry t describes the step d_t = C_t − C_{t−1}
+    (NaN at the first step and wherever it is undefined).
+    """
+
+    steps: np.ndarray
+    step: np.ndarray  # ‖d_t‖ = ‖C_t − C_{t−1}‖ (0 at the first step): the bulk motion
+    straightness: np.ndarray  # cos(d_{t−1}, d_t): successive centroid steps
+    diagonal: np.ndarray  # cos(d_t, sign(d_t)): how close the step is to a ±1 diagonal
+    against_h_mean: np.ndarray | None  # cos(d_t, −h_mean[t]) when an h_mean series was given
+    path_length: float  # Σ ‖d_t‖
+    net_displacement: float  # ‖C_last − C_first‖
+
+    @property
+    def efficiency(self) -> float:
+        """net displacement / path length (1 for a straight walk; NaN if the centroid never moved)."""
+        return self.net_displacement / self.path_length if self.path_length > 0 else float("nan")
+
+    def summary(self) -> dict:
+        """Scalars: path, net, efficiency, mean/median straightness, mean diagonal and −h_mean cosines."""
+        def mean(x):
+            x = np.asarray(x)[np.isfinite(x)] if x is not None else np.array([])
+            return float(x.mean()) if x.size else float("nan")
+
+        s = self.straightness[np.isfinite(self.straightness)]
+        return {"path_length": self.path_length, "net_displacement": self.net_displacement,
+                "efficiency": self.efficiency, "straightness_mean": mean(self.straightness),
+                "straightness_median": float(np.median(s)) if s.size else float("nan"),
+                "diagonal_mean": mean(self.diagonal), "against_h_mean_mean": mean(self.against_h_mean)}
+
+
+def centroid_path(track: CloudTrack, h_mean: np.ndarray | None = None, steps=None) -> CentroidPath:
+    """The centroid path of a track (optionally only the recorded steps in `steps`, a slice of step numbers).
+
+    h_mean: (T, D) aligned with track.steps (as recorded: row t is the forward of step t, which made W[t];
+    row 0 is NaN), compared with each step d_t as cos(d_t, −h_mean[t]) — the "go away" direction.
+    """
+    sel = _select(track.steps, steps)
+    c = track.centroid[sel]
+    d = np.diff(c, axis=0)
+    length = np.concatenate([[0.0], np.linalg.norm(d, axis=1)])
+    straight = np.full(len(c), np.nan)
+    if len(d) > 1:
+        straight[2:] = _cos(d[:-1], d[1:])
+    diag = np.concatenate([[np.nan], diagonal_cosine(d)]) if len(d) else np.full(len(c), np.nan)
+    against = None
+    if h_mean is not None:
+        h = np.asarray(h_mean, dtype=np.float64)[sel]
+        against = np.full(len(c), np.nan)
+        if len(d):
+            against[1:] = _cos(d, -h[1:])
+    net = float(np.linalg.norm(c[-1] - c[0])) if len(c) else 0.0
+    return CentroidPath(track.steps[sel], length, straight, diag, against, float(length.sum()), net)
+
+
+def _select(steps: np.ndarray, steps_sel) -> np.ndarray:
+    """Indices of the recorded steps inside a slice of step numbers (None: all)."""
+    steps = np.asarray(steps)
+    if steps_sel is None:
+        return np.arange(len(steps))
+    lo = -np.inf if steps_sel.start is None else steps_sel.start
+    hi = np.inf if steps_sel.stop is None else steps_sel.stop
+    return np.flatnonzero((steps >= lo) & (steps < hi))
+
+
+def shear_ratio(track: CloudTrack, steps=None) -> float:
+    """Thermal / bulk motion over the steps in `steps` (a slice of step numbers, default all): Σ mean‖ΔWᵢ − ΔC‖
+    / Σ ‖ΔC‖, i.e. the ratio of the two mean motions (B3/1.31i: 0.13 in t = 0–100, a coherent cloud; ≫ 1 is
+    a cloud that shears or diffuses). The first recorded step (no predecessor) contributes nothing."""
+    if track.thermal is None:
+        raise ValueError("this track has no thermal motion (build it with cloud_track / run_cloud)")
+    sel = _select(track.steps, steps)
+    sel = sel[sel > 0]
+    bulk = track.bulk[sel].sum()
+    return float(track.thermal[sel].sum() / bulk) if bulk > 0 else float("inf")
+
+
+def shear_per_step(track: CloudTrack) -> np.ndarray:
+    """thermal / bulk per recorded step (NaN at the first step and where the centroid did not move)."""
+    bulk = track.bulk
+    out = np.full(len(bulk), np.nan)
+    ok = bulk > 0
+    ok[0] = False
+    out[ok] = track.thermal[ok] / bulk[ok]
+    return out
+
+
+def liftoff(track: CloudTrack) -> int | None:
+    """First recorded step at which the origin lies outside the population's bounding sphere (centre = the
+    centroid, radius = the largest distance of any member from it): ‖C‖ > max ‖wᵢ − C‖. None if never
+    (B4/exploration/crucible_3/h_mean_persistence: dead step 31, live never)."""
+    if track.r_max_centroid is None:
+        raise ValueError("this track has no bounding radius (build it with cloud_track / run_cloud)")
+    out = np.flatnonzero(track.centroid_norm > track.r_max_centroid)
+    return int(track.steps[out[0]]) if out.size else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# populations of one run
+
+
+def populations(run) -> dict[str, np.ndarray]:
+    """Token ids of the recorded dead and live rows: live = the recorded rows not in `run.dead` (a run
+    recorded with `record.rows: dead` has no live rows; then "live" is absent)."""
+    tokens = np.asarray(run.tokens)
+    dead_mask = np.asarray(run.dead, dtype=bool)
+    is_dead = dead_mask[tokens]
+    out = {"dead": tokens[is_dead]}
+    if (~is_dead).any():
+        out["live"] = tokens[~is_dead]
+    return out
+
+
+def population_tracks(run, groups: dict[str, np.ndarray] | None = None, block: int = 128,
+                      tensor: str = "W") -> dict[str, CloudTrack]:
+    """One CloudTrack per group of token ids (default `populations(run)`: dead and live), reading each block
+    of steps once for all groups."""
+    groups = populations(run) if groups is None else groups
+    col = {int(t): i for i, t in enumerate(np.asarray(run.tokens))}
+    cols = {name: np.array([col[int(t)] for t in ids], dtype=np.int64) for name, ids in groups.items()}
+    parts: dict[str, list[CloudTrack]] = {name: [] for name in groups}
+    for sel, arr in iter_blocks(run, block=block, tensor=tensor):
+        for name, c in cols.items():
+            parts[name].append(cloud_track(arr[:, c], sel))
+    return {name: _concat_tracks(p) for name, p in parts.items()}
+
+
+def h_mean_of(run) -> np.ndarray | None:
+    """The run's h_mean series (T, D) float64 when recorded, else None."""
+    if "h_mean" not in getattr(run, "available", ()):
+        return None
+    return np.asarray(run.tensor("h_mean"), dtype=np.float64)

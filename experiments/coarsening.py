@@ -113,7 +113,7 @@ class Drift:
     black_holes: np.ndarray  # (K,)
     largest: np.ndarray  # (K,)
     centroid_norm: np.ndarray  # (K,) L2 norm of the cloud's mean row (float64 of the bf16 values)
-    median_ulp: np.ndarray  # (K,) median per-coordinate ULP of the cloud
+    median_ulp: np.ndarray  # (K,) ULP at the median exponent of the cloud's first 64 rows
     populations: list = field(repr=False)  # K arrays, largest first
     bits: np.ndarray = field(repr=False)  # (n, d) uint16, the final cloud
     initial_bits: np.ndarray = field(repr=False)  # (n, d) uint16, the cloud at step 0
@@ -169,19 +169,21 @@ def drift(n: int = 2200, d: int = 2560, sigma: float = 1e-6, radius: float = 0.3
     want = set(range(steps + 1)) if record is None else {0, steps, *(int(s) for s in record if 0 <= s <= steps)}
     rec: dict[str, list] = {k: [] for k in ("steps", "unique", "bh", "largest", "cn", "ulp", "pops")}
 
+    x = np.empty((n, d), dtype=np.float32)  # float32 scratch: the step's input, or a recorded step's values
+
     def take(t: int, b: np.ndarray) -> None:
         nu, nb, big, pops = _count(b)
-        f = lattice.to_float32(b)
+        np.left_shift(b, 16, out=x.view(np.uint32), dtype=np.uint32)  # exact float32 values of the bits
         rec["steps"].append(t)
         rec["unique"].append(nu)
         rec["bh"].append(nb)
         rec["largest"].append(big)
-        rec["cn"].append(float(np.linalg.norm(f.mean(axis=0, dtype=np.float64))))
-        rec["ulp"].append(float(np.median(lattice.ulp(b[: min(n, 256)]))))
+        rec["cn"].append(float(np.linalg.norm(x.mean(axis=0, dtype=np.float64))))
+        e = np.maximum(lattice.exponent_field(b[: min(n, 64)]), 1)  # ULP = 2**(E − 134), E = 0 as 1
+        rec["ulp"].append(float(np.ldexp(1.0, int(np.median(e)) - 134)))
         rec["pops"].append(pops)
 
     take(0, bits)
-    x = np.empty((n, d), dtype=np.float32)
     for t in range(1, steps + 1):
         # W (bf16 bits) → float32 in place: the bits are the float32's top half
         xi = x.view(np.uint32)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.geometry import _changed, as_values, iter_blocks
+from experiments.geometry import _row_changed, as_values, iter_blocks, row_norms
 
 # ---------------------------------------------------------------------------------------------------------
 # null models and significance
@@ -118,39 +118,40 @@ class FrameMotion:
     n_outward: int = 0
     n_inward: int = 0
 
-    def update(self, pos: np.ndarray, moved: np.ndarray) -> np.ndarray:
-        """Add a (T, N, D) block of positions; `moved` (T−1, N) marks the rows counted in the fractions.
-        Returns the (T−1, N) bool array of outward steps."""
-        prev, step = pos[:-1], np.diff(pos, axis=0)
-        r_prev = np.linalg.norm(prev, axis=2)
-        dr = np.linalg.norm(pos[1:], axis=2) - r_prev
-        norm = np.linalg.norm(step, axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            radial = np.where(r_prev > 0, (step * prev).sum(axis=2) / r_prev, 0.0)
-            moved = moved & (norm > 0)
-            f = np.where(moved, radial / np.where(norm > 0, norm, 1.0), 0.0)
-        tang2 = np.maximum(norm ** 2 - radial ** 2, 0.0)
+    def add(self, prev: np.ndarray, cur: np.ndarray, moved: np.ndarray) -> np.ndarray:
+        """Add one transition: (N, D) positions before and after, `moved` (N,) marks the rows counted in the
+        fractions (those with a zero step are dropped too). Returns the (N,) bool array of outward steps."""
+        step = cur - prev
+        r_prev = row_norms(prev)
+        dr = row_norms(cur) - r_prev
+        norm = row_norms(step)
+        ok = r_prev > 0
+        radial = np.einsum("nd,nd->n", step, prev)
+        radial = np.divide(radial, r_prev, out=np.zeros_like(radial), where=ok)
+        moved = moved & (norm > 0)
+        f = np.divide(radial, norm, out=np.zeros_like(radial), where=moved)
+        abs_f = np.abs(f)
+        tang2 = np.maximum(norm * norm - radial * radial, 0.0)
         out, inw = dr > 0, dr < 0
-        k = moved.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.mean_f += list(f.sum(axis=1) / k)
-            self.mean_abs_f += list(np.abs(f).sum(axis=1) / k)
-        self.moved += k.tolist()
-        self.outward += out.sum(axis=1).tolist()
-        self.inward += inw.sum(axis=1).tolist()
-        self.mean_dr += list(dr.mean(axis=1))
+        k, n_out, n_in = int(moved.sum()), int(out.sum()), int(inw.sum())
+        sum_f, sum_abs_f = float(f.sum()), float(abs_f.sum())
+        self.mean_f.append(sum_f / k if k else float("nan"))
+        self.mean_abs_f.append(sum_abs_f / k if k else float("nan"))
+        self.moved.append(k)
+        self.outward.append(n_out)
+        self.inward.append(n_in)
+        self.mean_dr.append(float(dr.mean()))
         self.pairs += dr.size
-        self.n_moved += int(k.sum())
-        self.sum_f += float(f.sum())
-        self.sum_abs_f += float(np.abs(f).sum())
-        self.sum_f2 += float((f ** 2).sum())
-        self.sum_radial2 += float((radial ** 2).sum())
-        self.sum_step2 += float((norm ** 2).sum())
+        self.n_moved += k
+        self.sum_f += sum_f
+        self.sum_abs_f += sum_abs_f
+        self.sum_f2 += float(f @ f)
+        self.sum_radial2 += float(radial @ radial)
+        self.sum_step2 += float(norm @ norm)
         self.sum_dr += float(dr.sum())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.sum_pythagoras += float(np.where(r_prev > 0, tang2 / (2 * r_prev), 0.0).sum())
-        self.n_outward += int(out.sum())
-        self.n_inward += int(inw.sum())
+        self.sum_pythagoras += float(np.divide(tang2, 2 * r_prev, out=np.zeros_like(tang2), where=ok).sum())
+        self.n_outward += n_out
+        self.n_inward += n_in
         return out
 
     def summary(self, dim: int) -> dict:
@@ -222,18 +223,23 @@ class ShellTracker:
         self._dim = 0
 
     def update(self, steps, block) -> None:
+        """Add a (T, N, D) block (bf16 bits or floats) whose first frame, if it is not the run's first, repeats
+        the previous block's last; works one transition at a time on cache-sized (N, D) frames."""
         arr = np.asarray(block)
         if arr.ndim != 3:
             raise ValueError(f"expected a (steps, rows, D) block, got shape {arr.shape}")
         if arr.shape[0] < 2:
             return
-        values = as_values(arr)
-        moved = _changed(arr)
-        out = self.origin.update(values, moved)
-        comov = values - values.mean(axis=1, keepdims=True)
-        self.centroid.update(comov, np.ones_like(moved))
-        counts = out.sum(axis=0)
-        self._counts = counts if self._counts is None else self._counts + counts
+        prev = as_values(arr[0])
+        c_prev = prev.mean(axis=0)
+        everyone = np.ones(arr.shape[1], bool)
+        for i in range(1, arr.shape[0]):
+            cur = as_values(arr[i])
+            c_cur = cur.mean(axis=0)
+            out = self.origin.add(prev, cur, _row_changed(arr[i - 1], arr[i]))
+            self.centroid.add(prev - c_prev, cur - c_cur, everyone)
+            self._counts = out.astype(np.int64) if self._counts is None else self._counts + out
+            prev, c_prev = cur, c_cur
         self._steps.append(np.asarray(steps)[1:])
         self._dim = arr.shape[2]
 
@@ -265,3 +271,17 @@ def run_shell(run, rows=None, block: int = 64, tensor: str = "W") -> ShellMotion
     for sel, arr in iter_blocks(run, block=block, rows=None if whole else rows, tensor=tensor):
         tracker.update(sel, arr)
     return tracker.result()
+
+
+def run_cloud_and_shell(run, rows=None, block: int = 64, tensor: str = "W"):
+    """(CloudTrack, ShellMotion) of a run's rows (default: the recorded dead rows) from one read of each block
+    of steps: the same results as `geometry.run_cloud` and `run_shell`, reading the recording once."""
+    from experiments.geometry import _concat_tracks, cloud_track, populations
+
+    rows = populations(run)["dead"] if rows is None else np.asarray(rows)
+    whole = np.array_equal(rows, np.asarray(run.tokens))
+    tracker, parts = ShellTracker(rows), []
+    for sel, arr in iter_blocks(run, block=block, rows=None if whole else rows, tensor=tensor):
+        parts.append(cloud_track(arr, sel))
+        tracker.update(sel, arr)
+    return _concat_tracks(parts), tracker.result()

@@ -345,3 +345,30 @@ def test_epoch_table_rows_and_markdown():
     assert rows[0]["fimbulwinter[global]"] == 400
     md = table.markdown().splitlines()
     assert len(md) == 4 and md[0].count("|") == md[2].count("|") and "Fimbulwinter (global)" in md[0]
+
+
+def test_one_pass_equals_the_separate_passes():
+    rng = np.random.default_rng(8)
+    w = np.cumsum(rng.normal(0, 0.01, size=(13, 10, D)), axis=0) + 0.05
+    bits = from_float32(w.astype(np.float32))
+    tokens = np.arange(100, 110)
+    dead = np.zeros(120, bool)
+    dead[[101, 104, 105, 109]] = True
+    run = _FakeRun(np.arange(13), bits, tokens, dead)
+    track, sm = shell.run_cloud_and_shell(run, block=4)
+    ref_track = geometry.run_cloud(run, rows=[101, 104, 105, 109], block=6)
+    ref_shell = shell.run_shell(run, block=6)
+    assert np.array_equal(track.r_origin, ref_track.r_origin) and np.array_equal(track.thermal, ref_track.thermal)
+    assert np.array_equal(sm.outward_counts, ref_shell.outward_counts)
+    assert sm.tokens.tolist() == [101, 104, 105, 109]
+    assert sm.summary()["mean_f"] == pytest.approx(ref_shell.summary()["mean_f"], rel=1e-12)
+
+
+def test_values_are_the_exact_bf16_values_for_every_finite_pattern():
+    from experiments.lattice import to_float32
+
+    bits = np.arange(2 ** 16, dtype=np.uint16)
+    bits = bits[(bits & 0x7F80) != 0x7F80]  # inf/NaN have no value to compare
+    assert np.array_equal(geometry.as_values(bits), to_float32(bits).astype(np.float64))
+    f32 = np.array([[0.5, -0.25]], dtype=np.float32)
+    assert geometry.as_values(f32).dtype == np.float64 and geometry.as_values(f32).tolist() == [[0.5, -0.25]]

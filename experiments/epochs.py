@@ -201,7 +201,8 @@ class EpochTable:
             rex = f"{e.re_expansion['start']}–{e.re_expansion['end']}" if e.re_expansion else "—"
             cells = [e.label, f"{e.r_start:.6f} → {e.r_end:.6f} ({e.r_end / e.r_start:.2f}×)", inh,
                      f"{e.sneeze[0]}–{e.sneeze[1]}", f"{e.peak_velocity:.6f} at {e.peak_step}",
-                     f"{e.deceleration[0]}–{s(e.deceleration[1])}", rex,
+                     (f"{e.deceleration[0]}–{e.deceleration[1]}" if e.deceleration[1] is not None
+                      else f"from {e.deceleration[0]} (no 90% freeze)"), rex,
                      *(s(e.fimbulwinter.get(k)) for k in FREEZE_DEFINITIONS)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)

@@ -108,6 +108,7 @@ class Drift:
     n_steps: int
     direction: str
     rounding: str
+    master: bool  # True: fp32 master cloud, bf16 rows are its rounding (see `drift`)
     steps: np.ndarray  # (K,) recorded step numbers
     unique: np.ndarray  # (K,)
     black_holes: np.ndarray  # (K,)
@@ -126,7 +127,7 @@ class Drift:
     def summary(self) -> dict:
         """The final step as one row of a sweep table."""
         return {"sigma": self.sigma, "radius": self.radius, "steps": self.n_steps, "direction": self.direction,
-                "rounding": self.rounding, "n": self.n, "d": self.d,
+                "rounding": self.rounding, "master": self.master, "n": self.n, "d": self.d,
                 "unique_start": int(self.unique[0]), "unique": int(self.unique[-1]),
                 "black_holes": int(self.black_holes[-1]), "largest": int(self.largest[-1]),
                 "tokens_in_black_holes": int(self.tokens_in_black_holes[-1]),
@@ -141,7 +142,7 @@ def _count(bits: np.ndarray) -> tuple[int, int, int, np.ndarray]:
 
 def drift(n: int = 2200, d: int = 2560, sigma: float = 1e-6, radius: float = 0.37, steps: int = 100,
           direction="random", start=None, rounding: str = "nearest", seed: int = 0,
-          record=None) -> Drift:
+          record=None, master: bool = False) -> Drift:
     """Translate an N(start, σ) bf16 cloud of n rows to the point ``radius · direction`` in `steps` steps.
 
     The cloud is drawn in float32 (``start + σ·N(0, 1)``, start default the origin) and cast to bf16 with
@@ -150,6 +151,11 @@ def drift(n: int = 2200, d: int = 2560, sigma: float = 1e-6, radius: float = 0.3
     rounds back to bf16 (`rounding`: "nearest" or "stochastic", the latter from a generator seeded by
     `seed`). All n rows are kept. `record`: step numbers to take the census at (default every step, always
     including 0 and the last); `direction`: "random", "diagonal" (±1/√d) or a vector. Deterministic in `seed`.
+
+    master=True models fp32 master weights instead: the float32 cloud itself accumulates ``+ δ`` and is never
+    rounded; the bf16 rows at each step are its rounding (so with "nearest" the final rows are exactly the
+    one-shot quantization of the translated float32 cloud, and a black hole lasts only as long as the
+    float32 rows stay inside one cell).
     """
     if n < 1 or d < 1 or steps < 1 or sigma < 0 or radius < 0:
         raise ValueError("need n ≥ 1, d ≥ 1, steps ≥ 1, sigma ≥ 0 and radius ≥ 0")
@@ -159,59 +165,68 @@ def drift(n: int = 2200, d: int = 2560, sigma: float = 1e-6, radius: float = 0.3
     if c0.shape != (d,):
         raise ValueError(f"start has shape {c0.shape}, expected ({d},)")
     delta = ((radius * u - c0) / steps).astype(np.float32)
-    noise = rng.standard_normal(size=(n, d), dtype=np.float32)
-    noise *= np.float32(sigma)
-    noise += c0.astype(np.float32)
-    bits = round_nearest(noise)
+    x = rng.standard_normal(size=(n, d), dtype=np.float32)  # the float32 state: master copy or scratch
+    x *= np.float32(sigma)
+    x += c0.astype(np.float32)
+    bits = round_nearest(x)
     initial = bits
-    del noise
     rnd = _rounder(rounding, np.random.default_rng([seed, 1]))
     want = set(range(steps + 1)) if record is None else {0, steps, *(int(s) for s in record if 0 <= s <= steps)}
     rec: dict[str, list] = {k: [] for k in ("steps", "unique", "bh", "largest", "cn", "ulp", "pops")}
-
-    x = np.empty((n, d), dtype=np.float32)  # float32 scratch: the step's input, or a recorded step's values
+    scratch = np.empty((n, d), dtype=np.float32) if master else x
 
     def take(t: int, b: np.ndarray) -> None:
         nu, nb, big, pops = _count(b)
-        np.left_shift(b, 16, out=x.view(np.uint32), dtype=np.uint32)  # exact float32 values of the bits
+        f = scratch
+        np.left_shift(b, 16, out=f.view(np.uint32), dtype=np.uint32)  # exact float32 values of the bits
         rec["steps"].append(t)
         rec["unique"].append(nu)
         rec["bh"].append(nb)
         rec["largest"].append(big)
-        rec["cn"].append(float(np.linalg.norm(x.mean(axis=0, dtype=np.float64))))
+        rec["cn"].append(float(np.linalg.norm(f.mean(axis=0, dtype=np.float64))))
         e = np.maximum(lattice.exponent_field(b[: min(n, 64)]), 1)  # ULP = 2**(E − 134), E = 0 as 1
         rec["ulp"].append(float(np.ldexp(1.0, int(np.median(e)) - 134)))
         rec["pops"].append(pops)
 
     take(0, bits)
     for t in range(1, steps + 1):
-        # W (bf16 bits) → float32 in place: the bits are the float32's top half
-        xi = x.view(np.uint32)
-        np.left_shift(bits, 16, out=xi, dtype=np.uint32)
-        x += delta
-        bits = rnd(x)
+        if master:
+            x += delta
+            if rounding == "stochastic":  # the rounder works in place: round a copy, keep the master
+                np.copyto(scratch, x)
+                bits = rnd(scratch)
+            else:
+                bits = rnd(x)
+        else:
+            # W (bf16 bits) → float32 in place: the bits are the float32's top half
+            np.left_shift(bits, 16, out=x.view(np.uint32), dtype=np.uint32)
+            x += delta
+            bits = rnd(x)
         if t in want:
             take(t, bits)
     name = direction if isinstance(direction, str) else "given"
     return Drift(n=n, d=d, sigma=float(sigma), radius=float(radius), n_steps=steps, direction=name,
-                 rounding=rounding, steps=np.array(rec["steps"]), unique=np.array(rec["unique"]),
+                 rounding=rounding, master=master, steps=np.array(rec["steps"]), unique=np.array(rec["unique"]),
                  black_holes=np.array(rec["bh"]), largest=np.array(rec["largest"]),
                  centroid_norm=np.array(rec["cn"]), median_ulp=np.array(rec["ulp"]), populations=rec["pops"],
                  bits=bits, initial_bits=initial, increment=delta)
 
 
 def drift_sweep(sigmas=(0.02, 1e-6, 1e-8), radii=(0.37,), steps=(100,), directions=("random",),
-                roundings=("nearest",), n: int = 2200, d: int = 2560, seed: int = 0) -> list[dict]:
-    """`drift` over the grid σ × R × X × direction × rounding; one summary dict per run (final step only)."""
+                roundings=("nearest",), masters=(False,), n: int = 2200, d: int = 2560, seed: int = 0
+                ) -> list[dict]:
+    """`drift` over the grid σ × R × X × direction × rounding × master; one summary dict per run (its final
+    step: unique, black_holes, largest, …; see `Drift.summary`), in that nesting order."""
     out = []
     for s in sigmas:
         for r in radii:
             for x in steps:
                 for dr in directions:
                     for rd in roundings:
-                        res = drift(n=n, d=d, sigma=s, radius=r, steps=x, direction=dr, rounding=rd, seed=seed,
-                                    record=())
-                        out.append(res.summary())
+                        for m in masters:
+                            res = drift(n=n, d=d, sigma=s, radius=r, steps=x, direction=dr, rounding=rd, seed=seed,
+                                        record=(), master=m)
+                            out.append(res.summary())
     return out
 
 

@@ -204,3 +204,20 @@ def test_shared_rows_on_a_smoke_run(tmp_path, monkeypatch):
     assert r.unique[0] == n_dead  # N(0, 0.02) in D = 64: distinct at init
     last = blackholes.census(run.W(steps=int(run.steps[-1]), kind="bits")[run.dead[run.tokens]])
     assert (r.unique[-1], r.black_holes[-1]) == (last.n_unique, last.black_holes.size)
+
+
+def test_master_drift_is_the_rounding_of_the_float32_cloud():
+    d, n, steps, sigma = 16, 80, 7, 1e-3
+    direction = np.linspace(-1, 1, d) + 0.05
+    r = coarsening.drift(n=n, d=d, sigma=sigma, radius=0.4, steps=steps, direction=direction, seed=9,
+                         master=True, record=())
+    x = np.random.default_rng(9).standard_normal(size=(n, d), dtype=np.float32)
+    x *= np.float32(sigma)
+    assert np.array_equal(r.initial_bits, lattice.from_float32(x))
+    for _ in range(steps):
+        x += r.increment
+    assert np.array_equal(r.bits, lattice.from_float32(x)) and r.master and r.summary()["master"]
+    s = coarsening.drift(n=n, d=d, sigma=sigma, radius=0.4, steps=steps, direction=direction, seed=9,
+                         master=True, rounding="stochastic", record=())
+    lo, hi = np.minimum(r.bits, s.bits), np.maximum(r.bits, s.bits)
+    assert np.all(hi - lo <= 1)  # the stochastic view is one of the two neighbours of the master value

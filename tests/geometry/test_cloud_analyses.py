@@ -216,6 +216,8 @@ def test_rows_that_do_not_move_count_as_zero_and_are_left_out_of_fractions():
     assert ps["moved"].tolist() == [1.0, 0.25] and ps["outward"].tolist() == [1.0, 0.25]
     s = sm.summary()
     assert s["moved"] == 5 and s["zero"] == pytest.approx(3 / 8)
+    assert s["mean_abs_f"] == pytest.approx(1.0, abs=0.05)  # radial up to bf16 rounding
+    assert s["mean_abs_f_incl_zero"] == pytest.approx(s["mean_abs_f"] * 5 / 8)
     assert sm.outward_counts.tolist() == [2, 1, 1, 1]
     assert sm.hot_and_cold(1) == {"hot": [10], "hot_counts": [2], "cold": [11], "cold_counts": [1]}
 

@@ -290,3 +290,43 @@ def run_cloud_and_shell(run, rows=None, block: int = 64, tensor: str = "W"):
         parts.append(cloud_track(arr, sel))
         tracker.update(sel, arr)
     return _concat_tracks(parts), tracker.result()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the inhale's anatomy: common drift vs each row's own step, projected on the row's outward direction
+
+
+@dataclass
+class RadialSplit:
+    """Per step t (transition t−1 → t), the mean outward component of the rows' steps split in two:
+    `common` = mean ΔC·ŵᵢ (the cloud's shared step), `own` = mean (ΔWᵢ − ΔC)·ŵᵢ (each row's deviation from
+    it), ŵᵢ = wᵢ[t−1]/‖wᵢ[t−1]‖. common + own = the mean radial step. `inward_share`: rows whose own part
+    points toward the origin."""
+
+    steps: np.ndarray
+    common: np.ndarray
+    own: np.ndarray
+    inward_share: np.ndarray
+
+
+def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> RadialSplit:
+    """RadialSplit of a recorded run's rows (default: the recorded dead rows) at the given step numbers
+    (each needs its predecessor recorded). A translation of a cloud centred on the origin adds ~nothing
+    radially, so a contraction there must come from the rows' own parts (see lore "The inhale")."""
+    from experiments.geometry import populations
+
+    rows = populations(run)["dead"] if rows is None else np.asarray(rows)
+    whole = np.array_equal(rows, np.asarray(run.tokens))
+    steps = np.asarray(list(steps), dtype=np.int64)
+    common, own, inward = (np.empty(len(steps)) for _ in range(3))
+    for i, t in enumerate(steps):
+        pair = run.tensor(tensor, steps=[int(t) - 1, int(t)], rows=None if whole else rows, kind="numpy")
+        prev, cur = as_values(pair[0]), as_values(pair[1])
+        step = cur - prev
+        dc = step.mean(axis=0)
+        norms = row_norms(prev)
+        rhat = np.divide(prev, norms[:, None], out=np.zeros_like(prev), where=norms[:, None] > 0)
+        c = rhat @ dc
+        o = np.einsum("nd,nd->n", step - dc, rhat)
+        common[i], own[i], inward[i] = c.mean(), o.mean(), (o < 0).mean()
+    return RadialSplit(steps, common, own, inward)

@@ -221,3 +221,16 @@ def test_master_drift_is_the_rounding_of_the_float32_cloud():
                          master=True, rounding="stochastic", record=())
     lo, hi = np.minimum(r.bits, s.bits), np.maximum(r.bits, s.bits)
     assert np.all(hi - lo <= 1)  # the stochastic view is one of the two neighbours of the master value
+
+
+def test_nearest_cells():
+    base = np.full((5, 3), 0x3F90, dtype=np.uint16)  # 1.125, all in the binade [1, 2)
+    base[1, 0] += 1  # one cell from row 0
+    base[2] = base[0]  # a black hole with row 0
+    base[3, 2] += 7
+    base[4, 1] += 40
+    base[4, 0] += 3
+    assert coarsening.nearest_cells(base, chunk=2).tolist() == [0, 1, 0, 7, 40]
+    neg = np.array([[0x3F80], [0xBF80]], dtype=np.uint16)  # +1 and −1: every cell through zero counts
+    assert coarsening.nearest_cells(neg).tolist() == [2 * 0x3F80] * 2
+    assert coarsening.nearest_cells(neg[:1]).tolist() == [np.iinfo(np.int64).max]

@@ -2,6 +2,8 @@
 
     python bench/bench_render.py               # on the test fixture (copied to a temp dir)
     python bench/bench_render.py --root .      # also: no-change renders of a real project, in place
+    python bench/bench_render.py --root . --cold 'lore/the-*' lore/lifecycle.qmd
+                                               # also: those pages executed cold, their runs cached
 
 Each render runs as `python -m publish render` in a fresh interpreter, as a user would start it, so
 import time is included. Goal: a no-change render in <= 3 s.
@@ -62,7 +64,7 @@ def bench_fixture(rows: list) -> None:
         rows.append(("fixture", "after editing one entry", t, s))
 
 
-def bench_root(root: Path, rows: list) -> None:
+def bench_root(root: Path, rows: list, cold: list[str]) -> None:
     t, s = timed_render(root)
     rows.append((root.name, "first render (may execute)", t, s))
     t, s = timed_render(root)
@@ -72,16 +74,22 @@ def bench_root(root: Path, rows: list) -> None:
         stamp.unlink()
     t, s = timed_render(root)
     rows.append((root.name, "no-change, site rebuilt", t, s))
+    if cold:
+        # re-execute the chosen pages from scratch; the runs they use are already in the store
+        t, s = timed_render(root, "--force", *cold, "-j", "1")
+        rows.append((root.name, "cold pages, runs cached", t, s))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="also time renders of this project (renders it in place)")
+    parser.add_argument("--cold", nargs="+", default=[], metavar="PATTERN",
+                        help="with --root: also time executing these sources from scratch (runs cached)")
     args = parser.parse_args()
     rows: list = []
     bench_fixture(rows)
     if args.root:
-        bench_root(args.root.resolve(), rows)
+        bench_root(args.root.resolve(), rows, args.cold)
     print(f"{'project':<12} {'measurement':<28} {'value':>8}  summary")
     for project, what, value, summary in rows:
         unit = "" if "speed-up" in what else " s"

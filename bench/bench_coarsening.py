@@ -1,6 +1,6 @@
 """Benchmark the coarsening tools at the seeds' scale. One command:
 
-    .venv/bin/python bench/bench_coarsening.py [--n 2200] [--dim 2560] [--steps 50]
+    .venv/bin/python bench/bench_coarsening.py [--n 2200] [--dim 2560] [--steps 100]
 
 1. `coarsening.drift` of an n × dim bf16 cloud (σ = 1e-6 toward r = 0.37), round-to-nearest-even and
    stochastic rounding: steps per second with no census, and with the black-hole census at every step.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from experiments import coarsening  # noqa: E402
 
 
-def _best(fn, repeats: int = 2) -> float:
+def _best(fn, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -38,7 +38,7 @@ def _best(fn, repeats: int = 2) -> float:
 
 def steps_per_second(steps: int, **kw) -> tuple[float, float]:
     """(steps/s of the stepping loop, seconds of the setup): a 1-step run and a (steps + 1)-step run with the
-    same census pattern, best of 2 each after a warm-up; the difference is `steps` steps."""
+    same census pattern, best of 3 each after a warm-up; the difference is `steps` steps."""
     coarsening.drift(steps=1, **kw)  # warm-up: imports, first allocations
     setup = _best(lambda: coarsening.drift(steps=1, **kw))
     total = _best(lambda: coarsening.drift(steps=steps + 1, **kw))
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2_200)
     ap.add_argument("--dim", type=int, default=2_560)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args(argv)
     res: dict = {"n": args.n, "dim": args.dim, "steps": args.steps, "cpus": os.cpu_count(),
                  "machine": platform.platform(), "numpy": np.__version__}

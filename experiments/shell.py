@@ -300,13 +300,15 @@ def run_cloud_and_shell(run, rows=None, block: int = 64, tensor: str = "W"):
 class RadialSplit:
     """Per step t (transition t−1 → t), the mean outward component of the rows' steps split in two:
     `common` = mean ΔC·ŵᵢ (the cloud's shared step), `own` = mean (ΔWᵢ − ΔC)·ŵᵢ (each row's deviation from
-    it), ŵᵢ = wᵢ[t−1]/‖wᵢ[t−1]‖. common + own = the mean radial step. `inward_share`: rows whose own part
-    points toward the origin."""
+    it), ŵᵢ = wᵢ[t−1]/‖wᵢ[t−1]‖. common + own = the mean radial step (first order). `dr` = the mean actual
+    change of ‖wᵢ‖, which adds the second-order, always-outward Pythagoras term ≈ ‖Δw⊥‖²/2r (large when a
+    step is not small against the radius). `inward_share`: rows whose own part points toward the origin."""
 
     steps: np.ndarray
     common: np.ndarray
     own: np.ndarray
     inward_share: np.ndarray
+    dr: np.ndarray
 
 
 def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> RadialSplit:
@@ -318,7 +320,7 @@ def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> Radia
     rows = populations(run)["dead"] if rows is None else np.asarray(rows)
     whole = np.array_equal(rows, np.asarray(run.tokens))
     steps = np.asarray(list(steps), dtype=np.int64)
-    common, own, inward = (np.empty(len(steps)) for _ in range(3))
+    common, own, inward, dr = (np.empty(len(steps)) for _ in range(4))
     for i, t in enumerate(steps):
         pair = run.tensor(tensor, steps=[int(t) - 1, int(t)], rows=None if whole else rows, kind="numpy")
         prev, cur = as_values(pair[0]), as_values(pair[1])
@@ -329,4 +331,5 @@ def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> Radia
         c = rhat @ dc
         o = np.einsum("nd,nd->n", step - dc, rhat)
         common[i], own[i], inward[i] = c.mean(), o.mean(), (o < 0).mean()
-    return RadialSplit(steps, common, own, inward)
+        dr[i] = (row_norms(cur) - norms).mean()
+    return RadialSplit(steps, common, own, inward, dr)

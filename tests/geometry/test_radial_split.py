@@ -37,6 +37,10 @@ def test_translation_is_all_common_and_contraction_all_own():
     total = split.common[1] + split.own[1]
     assert total == pytest.approx(-0.02 * np.linalg.norm(w1, axis=1).mean(), rel=1e-3)
     assert split.own[1] < 0 and split.inward_share[1] > 0.95
+    # a contraction has no tangential part: the actual radius change equals the first-order one
+    assert split.dr[1] == pytest.approx(total, rel=1e-6)
+    # a translation's actual radius change adds the Pythagoras term: larger than the first-order one
+    assert split.dr[0] > split.common[0] + split.own[0]
 
 
 def test_steps_need_their_predecessor():

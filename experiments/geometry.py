@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from experiments.lattice import iter_step_blocks
+
 
 @dataclass
 class CloudTrack:
@@ -122,22 +124,9 @@ def cloud_track(bits: np.ndarray, steps: np.ndarray | None = None) -> CloudTrack
 
 
 def iter_blocks(run, block: int = 128, rows=None, tensor: str = "W") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(steps, stored array) blocks of a recorded run, consecutive blocks overlapping by one step.
-
-    Like `lattice.iter_step_blocks`, but the array is whatever the recording holds: uint16 bf16 bit patterns
-    or float32 (fp32 runs), so every analysis here accepts both.
-    """
-    if block < 2:
-        raise ValueError("block must be at least 2 steps (blocks overlap by one)")
-    steps = np.asarray(run.steps)
-    start = 0
-    while start < steps.size:
-        sel = steps[start:start + block]
-        data = np.asarray(run.tensor(tensor, steps=slice(int(sel[0]), int(sel[-1]) + 1), rows=rows, kind="bits"))
-        yield sel, (data.view(np.uint16) if data.dtype.name == "bfloat16" else data)
-        if start + block >= steps.size:
-            break
-        start += block - 1
+    """(steps, stored array) blocks of a recorded run, consecutive blocks overlapping by one step: uint16 bf16
+    bit patterns or float32 (fp32 runs), so every analysis here accepts both (`lattice.iter_step_blocks`)."""
+    return iter_step_blocks(run, block=block, rows=rows, tensor=tensor, stored=True)
 
 
 def _concat_tracks(parts: list[CloudTrack]) -> CloudTrack:

@@ -337,13 +337,16 @@ def lifecycle(bits, steps=None) -> Lifecycle:
     return tracker.result()
 
 
-def iter_step_blocks(run, block: int = 256, rows=None, tensor: str = "W") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_step_blocks(run, block: int = 256, rows=None, tensor: str = "W",
+                     stored: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (steps, bits) blocks of a recorded run, consecutive blocks overlapping by one step.
 
     `run` is a run-store reader with ``run.steps`` (the recorded step labels) and
     ``run.tensor(name, steps=slice(first, last + 1), rows=..., kind="bits")`` returning a (T, N, D) uint16
     array (`experiments.recording.Run` does). The overlap
     lets each block compute ΔW′ on its own; `LifecycleTracker.update` drops the repeated frame.
+    `stored=True` yields whatever the recording holds instead of insisting on bf16 bits: uint16 patterns
+    for bf16, float32 for fp32 runs (the geometry analyses accept both).
     """
     if block < 2:
         raise ValueError("block must be at least 2 steps (blocks overlap by one)")
@@ -353,7 +356,12 @@ def iter_step_blocks(run, block: int = 256, rows=None, tensor: str = "W") -> Ite
         sel = steps[start:start + block]
         # a slice of step numbers selects exactly these recorded steps and lets the reader do one contiguous read
         window = slice(int(sel[0]), int(sel[-1]) + 1)
-        yield sel, as_bits(run.tensor(tensor, steps=window, rows=rows, kind="bits"))
+        data = run.tensor(tensor, steps=window, rows=rows, kind="bits")
+        if stored:
+            data = np.asarray(data)
+            yield sel, (data.view(np.uint16) if data.dtype.name == "bfloat16" else data)
+        else:
+            yield sel, as_bits(data)
         if start + block >= steps.size:
             break
         start += block - 1

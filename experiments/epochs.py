@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from experiments.geometry import CloudTrack, populations, run_cloud
+from experiments.geometry import CloudTrack, row_selection, run_cloud
 
 FREEZE_DEFINITIONS = ("velocity<1%peak", "90%frozen", "90%frozen-sustained", "global")
 
@@ -168,9 +168,7 @@ def epochs(track: CloudTrack, label: str = "", window: int = 10, after: int = 10
 
 def dead_track(run, block: int = 128) -> CloudTrack:
     """The CloudTrack of a run's recorded dead rows (one contiguous read when only dead rows were recorded)."""
-    dead = populations(run)["dead"]
-    whole = np.array_equal(dead, np.asarray(run.tokens))
-    return run_cloud(run, rows=None if whole else dead, block=block)
+    return run_cloud(run, rows=row_selection(run)[1], block=block)
 
 
 def epochs_of_run(run, label: str | None = None, block: int = 128, **kw) -> Epochs:

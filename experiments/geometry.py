@@ -290,6 +290,13 @@ def populations(run) -> dict[str, np.ndarray]:
     return out
 
 
+def row_selection(run, rows=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(token ids, the `rows` argument for run.tensor) for `rows` (default: the recorded dead rows). The second
+    is None when the ids are exactly the recorded rows: one contiguous read instead of a fancy index."""
+    ids = populations(run)["dead"] if rows is None else np.asarray(rows)
+    return ids, (None if np.array_equal(ids, np.asarray(run.tokens)) else ids)
+
+
 def population_tracks(run, groups: dict[str, np.ndarray] | None = None, block: int = 128,
                       tensor: str = "W") -> dict[str, CloudTrack]:
     """One CloudTrack per group of token ids (default `populations(run)`: dead and live), reading each block

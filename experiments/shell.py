@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.geometry import _row_changed, as_values, iter_blocks, row_norms
+from experiments.geometry import _row_changed, as_values, iter_blocks, row_norms, row_selection
 
 # ---------------------------------------------------------------------------------------------------------
 # null models and significance
@@ -266,14 +266,9 @@ def shell_motion(bits, steps=None, tokens=None) -> ShellMotion:
 
 def run_shell(run, rows=None, block: int = 64, tensor: str = "W") -> ShellMotion:
     """Shell motion of a recorded run's rows (default: the recorded dead rows), streamed in blocks of steps."""
-    if rows is None:
-        from experiments.geometry import populations
-
-        rows = populations(run)["dead"]
-    rows = np.asarray(rows)
-    whole = np.array_equal(rows, np.asarray(run.tokens))  # one contiguous read instead of a fancy index
-    tracker = ShellTracker(rows)
-    for sel, arr in iter_blocks(run, block=block, rows=None if whole else rows, tensor=tensor):
+    ids, selection = row_selection(run, rows)
+    tracker = ShellTracker(ids)
+    for sel, arr in iter_blocks(run, block=block, rows=selection, tensor=tensor):
         tracker.update(sel, arr)
     return tracker.result()
 
@@ -281,12 +276,11 @@ def run_shell(run, rows=None, block: int = 64, tensor: str = "W") -> ShellMotion
 def run_cloud_and_shell(run, rows=None, block: int = 64, tensor: str = "W"):
     """(CloudTrack, ShellMotion) of a run's rows (default: the recorded dead rows) from one read of each block
     of steps: the same results as `geometry.run_cloud` and `run_shell`, reading the recording once."""
-    from experiments.geometry import _concat_tracks, cloud_track, populations
+    from experiments.geometry import _concat_tracks, cloud_track
 
-    rows = populations(run)["dead"] if rows is None else np.asarray(rows)
-    whole = np.array_equal(rows, np.asarray(run.tokens))
-    tracker, parts = ShellTracker(rows), []
-    for sel, arr in iter_blocks(run, block=block, rows=None if whole else rows, tensor=tensor):
+    ids, selection = row_selection(run, rows)
+    tracker, parts = ShellTracker(ids), []
+    for sel, arr in iter_blocks(run, block=block, rows=selection, tensor=tensor):
         parts.append(cloud_track(arr, sel))
         tracker.update(sel, arr)
     return _concat_tracks(parts), tracker.result()
@@ -315,14 +309,11 @@ def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> Radia
     """RadialSplit of a recorded run's rows (default: the recorded dead rows) at the given step numbers
     (each needs its predecessor recorded). A translation of a cloud centred on the origin adds ~nothing
     radially, so a contraction there must come from the rows' own parts (see lore "The inhale")."""
-    from experiments.geometry import populations
-
-    rows = populations(run)["dead"] if rows is None else np.asarray(rows)
-    whole = np.array_equal(rows, np.asarray(run.tokens))
+    _, selection = row_selection(run, rows)
     steps = np.asarray(list(steps), dtype=np.int64)
     common, own, inward, dr = (np.empty(len(steps)) for _ in range(4))
     for i, t in enumerate(steps):
-        pair = run.tensor(tensor, steps=[int(t) - 1, int(t)], rows=None if whole else rows, kind="numpy")
+        pair = run.tensor(tensor, steps=[int(t) - 1, int(t)], rows=selection, kind="numpy")
         prev, cur = as_values(pair[0]), as_values(pair[1])
         step = cur - prev
         dc = step.mean(axis=0)

@@ -312,9 +312,15 @@ def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> Radia
     _, selection = row_selection(run, rows)
     steps = np.asarray(list(steps), dtype=np.int64)
     common, own, inward, dr = (np.empty(len(steps)) for _ in range(4))
+    last_step, last_frame = None, None  # consecutive steps share a frame: read each step once
     for i, t in enumerate(steps):
-        pair = run.tensor(tensor, steps=[int(t) - 1, int(t)], rows=selection, kind="numpy")
-        prev, cur = as_values(pair[0]), as_values(pair[1])
+        if last_step == int(t) - 1:
+            prev = last_frame
+            cur = as_values(run.tensor(tensor, steps=int(t), rows=selection, kind="numpy"))
+        else:
+            pair = run.tensor(tensor, steps=[int(t) - 1, int(t)], rows=selection, kind="numpy")
+            prev, cur = as_values(pair[0]), as_values(pair[1])
+        last_step, last_frame = int(t), cur
         step = cur - prev
         dc = step.mean(axis=0)
         norms = row_norms(prev)

@@ -1,5 +1,8 @@
 """`lab blackholes PATH`: the black-hole census of a checkpoint's matrix and its frozen-smoke component table.
 
+PATH is a file or directory, or a Hugging Face repo id (ORG/NAME) already in the local cache (never the
+network). `--tensor both` puts the input embedding's and the unembedding's census side by side.
+
 Registered into `lab` by `register(subparsers)`; runnable alone as ``python -m experiments.blackholes_cli``.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
@@ -12,13 +15,17 @@ import sys
 import time
 
 from experiments import blackholes
-from experiments.checkpoints import CheckpointError, load_matrix
+from experiments.checkpoints import CheckpointError, Pairing, load_matrix, pairing, resolve
 from experiments.errors import DataError
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="PATH", help=".safetensors, sharded index .json, checkpoint directory, .gguf or run .h5")
-    p.add_argument("--tensor", help="tensor name (default: lm_head/output, else the token embedding; W for runs)")
+    p.add_argument("path", metavar="PATH", help=".safetensors, sharded index .json, checkpoint directory, .gguf, "
+                   "run .h5, or a Hugging Face repo id (ORG/NAME) in the local cache")
+    p.add_argument("--revision", help="for a repo id: branch, tag or commit of the cached snapshot (default: main, "
+                   "else the only one cached)")
+    p.add_argument("--tensor", help="tensor name (default: lm_head/output, else the token embedding; W for runs), or "
+                   "'both': the input embedding and the unembedding side by side (census only)")
     p.add_argument("--step", type=int, help="recorded step of a run file (default: the last)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.add_argument("--select-k", type=int, default=5, help="exponent-space L∞ radius of the selection (default 5)")
@@ -56,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.top < 0 or args.select_k < 0 or args.adjacency_k < 1 or args.zone_radius <= 0:
         raise ValueError("need --top ≥ 0, --select-k ≥ 0, --adjacency-k ≥ 1 and --zone-radius > 0")
+    source = resolve(args.path, revision=args.revision)
+    if args.tensor == "both":
+        return _run_both(args, source)
     t0 = time.perf_counter()
-    m = load_matrix(args.path, tensor=args.tensor, step=args.step, progress=not args.json)
+    m = load_matrix(source, tensor=args.tensor, step=args.step, progress=not args.json)
+    pair = pairing(source) if m.step is None else None
     t_load = time.perf_counter() - t0
     view = args.bf16_view and not m.exact_bf16
     identity = m.bits if view else m.identity
@@ -78,8 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         smoke = blackholes.frozen_smoke(m.bits, c, select_k=args.select_k, adjacency_k=args.adjacency_k,
                                         zone_radius=args.zone_radius, center=args.center, max_nodes=args.max_nodes)
     indicators = _indicators(m, c, args.unused) if args.unused else None
-    subject = {"path": str(m.path), "tensor": m.tensor, "dtype": m.dtype, "step": m.step,
-               "shape": list(m.shape), "identity": "bf16 view (rounded)" if view else "stored bytes"}
+    subject = _subject(m, pair, view)
     if args.json:
         out = {"subject": subject, "census": c.to_json(top=args.top, tokens=m.tokens),
                "smoke": smoke.to_json() if smoke else None, "smoke_skipped": skipped, "undertrained": indicators,
@@ -87,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(m.describe() + (" — analysed as its bf16 view" if view else ""))
+    if pair is not None:
+        print(f"analysed the {pair.role(m.tensor)}; {pair.describe(m.tensor)}")
     print(f"identity on {subject['identity']}; loaded in {t_load:.2f} s, census in {t_census:.2f} s")
     print(blackholes.format_census(c, top=args.top, tokens=m.tokens))
     print()
@@ -104,6 +116,59 @@ def _run(args: argparse.Namespace) -> int:
               + (f", black-hole rows vs rest {indicators['auc_cosine_black_hole']:.3f}"
                  if indicators.get("auc_cosine_black_hole") is not None else ""))
     return 0
+
+
+def _subject(m, pair: Pairing | None, view: bool = False) -> dict:
+    return {"path": str(m.path), "tensor": m.tensor, "dtype": m.dtype, "step": m.step, "shape": list(m.shape),
+            "identity": "bf16 view (rounded)" if view else "stored bytes",
+            "role": pair.role(m.tensor) if pair else None, "tied": pair.tied if pair else None,
+            "tied_reason": pair.reason if pair else None}
+
+
+def _run_both(args: argparse.Namespace, source) -> int:
+    """Census of the input embedding and of the unembedding (one, when they are tied), side by side."""
+    if args.step is not None or source.suffix.lower() in (".h5", ".hdf5"):
+        raise CheckpointError(f"{source}: --tensor both needs a model checkpoint (safetensors or GGUF), not a run file")
+    pair = pairing(source)
+    if pair is None:
+        raise CheckpointError(f"{source}: --tensor both found neither an input embedding nor an unembedding tensor; "
+                              "pass --tensor NAME")
+    names = [pair.embedding or pair.unembedding] if pair.tied else [pair.embedding, pair.unembedding]
+    sides = []
+    for name in names:
+        t0 = time.perf_counter()
+        m = load_matrix(source, tensor=name, progress=not args.json)
+        view = args.bf16_view and not m.exact_bf16
+        t1 = time.perf_counter()
+        c = blackholes.census(m.bits if view else m.identity, row_ids=m.row_ids)
+        sides.append((m, c, view, t1 - t0, time.perf_counter() - t1))
+    if args.json:
+        print(json.dumps({"tied": pair.tied, "tied_reason": pair.reason, "matrices": [
+            {"subject": _subject(m, pair, view), "census": c.to_json(top=args.top, tokens=m.tokens),
+             "seconds": {"load": round(tl, 3), "census": round(tc, 3)}} for m, c, view, tl, tc in sides]}))
+        return 0
+    print(f"{source}: {pair.describe()}")
+    print(_side_by_side(pair, sides))
+    for m, c, _, _, _ in sides:
+        print(f"\n{pair.role(m.tensor)} {m.tensor}:")
+        print(blackholes.format_census(c, top=args.top, tokens=m.tokens))
+    print("\ncomponent tables skipped: --tensor both is census only (pass --tensor NAME for one matrix)")
+    return 0
+
+
+def _side_by_side(pair: Pairing, sides: list) -> str:
+    cols = []
+    for m, c, view, t_load, t_census in sides:
+        j = c.to_json(top=5)
+        cols.append([pair.role(m.tensor), m.tensor, m.dtype + (" (bf16 view)" if view else ""),
+                     f"{m.shape[0]:,} × {m.shape[1]:,}", f"{j['unique']:,}", f"{j['black_holes']:,}",
+                     f"{j['tokens_in_black_holes']:,}", f"{j['largest']:,}",
+                     ", ".join(map(str, j["populations"][:5])) or "-", f"{t_load:.2f} + {t_census:.2f}"])
+    labels = ["", "tensor", "dtype", "shape", "unique rows", "black holes", "tokens in BHs", "largest",
+              "top populations", "load + census s"]
+    width = [max(len(x) for x in labels)] + [max(len(x) for x in col) for col in cols]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip([label, *row], width, strict=True)).rstrip()
+                     for label, *row in zip(labels, *cols, strict=True))
 
 
 def _indicators(m, c, pattern: str) -> dict:

@@ -26,17 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    import experiments.blackholes_cli
     import experiments.cli
     import publish.cli
 
     publish.cli.register(sub)
     experiments.cli.register(sub, used_keys=_used_run_keys)
-    try:  # the lattice instruments register `lab blackholes`
-        import experiments.blackholes_cli
-    except ImportError:
-        pass
-    else:
-        experiments.blackholes_cli.register(sub)
+    # no ImportError guard: a broken dependency must fail loudly, not make `lab blackholes` vanish from the help
+    experiments.blackholes_cli.register(sub)
     return parser
 
 

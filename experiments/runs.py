@@ -7,7 +7,12 @@ The parts are stored in the file (`key_parts`) so the site can say why a run exi
 One complete run is `<store>/<name>-<key>.h5` (store = $LAB_STORE or <repo root>/store). Training writes
 `<name>-<key>.h5.tmp-<pid>` under a per-key file lock, marks it complete, fsyncs and renames it atomically,
 so a killed or failed run never leaves a file that reads as complete. Every run returned by `run` / `sweep`
-is appended to $LAB_RUN_LOG (one JSON line {"name", "key", "path"}) when that variable is set.
+is appended to $LAB_RUN_LOG when that variable is set: one JSON line {"name", "key", "path", "request",
+"train_seconds"}, where `request` ({"name" or "config", "overrides"}) is the call that would fetch the run
+again and `train_seconds` the wall time this call spent training it (or waiting for another process that
+was). While a run trains (or waits for its training), a heartbeat line is appended to $LAB_PROGRESS every
+HEARTBEAT seconds, so a watcher can tell a long training from a hung one (see ARCHITECTURE.md).
+`train_planned` trains a list of such requests ahead of the documents that need them (`lab render`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -35,6 +44,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TRAINING_MODULES = ("corpus", "tokenizer", "config", "model", "train", "record", "errors")
 _RUN_FILE = re.compile(r"^(?P<name>.+)-(?P<key>[0-9a-f]{16})\.h5$")
 _TMP_FILE = re.compile(r"^(?P<stem>.+-[0-9a-f]{16})\.h5\.tmp-(?P<pid>\d+)$")
+HEARTBEAT = 1.0  # seconds between $LAB_PROGRESS lines while a run trains
 
 
 def store_dir() -> Path:
@@ -72,11 +82,75 @@ def _prepare(cfg: dict, store: Path):
     return prepare(cfg["corpus"], cfg["tokenizer"], store / "data")
 
 
-def _log(run: Run) -> None:
+def _request(name_or_config: str | dict, overrides: dict) -> dict:
+    """The call that fetches a run again: what `lab render` plans from (JSON-able, valid under any profile)."""
+    head = {"name": name_or_config} if isinstance(name_or_config, str) else {"config": name_or_config}
+    return {**head, "overrides": dict(overrides)} if overrides else head
+
+
+def _log(run: Run, request: dict | None = None, train_seconds: float = 0.0) -> None:
     log = os.environ.get("LAB_RUN_LOG")
     if log:
+        line = {"name": run.name, "key": run.key, "path": str(run.path), "train_seconds": round(train_seconds, 3)}
+        if request is not None:
+            line["request"] = request
+        # one write of one line: parallel writers append whole lines (O_APPEND)
         with open(log, "a") as f:
-            f.write(json.dumps({"name": run.name, "key": run.key, "path": str(run.path)}) + "\n")
+            f.write(json.dumps(line, default=str) + "\n")
+
+
+def _live_step(name: str) -> tuple[int, int] | None:
+    """(steps done, steps total) of this process's live tqdm bar for run `name`, if one is showing.
+
+    Read-only: train() owns its bar; a disabled bar (TQDM_DISABLE, progress=False) counts nothing.
+    """
+    try:
+        from tqdm import tqdm
+
+        for bar in list(tqdm._instances):
+            if getattr(bar, "desc", None) == name and not bar.disable:
+                return int(bar.n), int(bar.total or 0)
+    except Exception:  # observation only: never let it disturb a training
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def _heartbeat(name: str, key: str, steps: int):
+    """Append {"t", "run", "key", "state", "step", "steps", "elapsed"} to $LAB_PROGRESS every HEARTBEAT s.
+
+    `state` is "waiting" (for the key lock or a training slot) or "training"; `step` is null when no bar
+    counts the steps (inside a document, where bars are disabled). Yields a dict whose "state" the caller sets.
+    """
+    path = os.environ.get("LAB_PROGRESS")
+    status = {"state": "waiting"}
+    if not path:
+        yield status
+        return
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while True:
+            live = _live_step(name) if status["state"] == "training" else None
+            line = {"t": round(time.time(), 3), "run": name, "key": key, "state": status["state"],
+                    "step": live[0] if live else None, "steps": steps,
+                    "elapsed": round(time.monotonic() - started, 3)}
+            try:
+                with open(path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            except OSError:
+                pass  # a watcher that went away is no reason to stop training
+            if stop.wait(HEARTBEAT):
+                return
+
+    thread = threading.Thread(target=beat, name=f"lab-heartbeat-{name}", daemon=True)
+    thread.start()
+    try:
+        yield status
+    finally:
+        stop.set()
+        thread.join(timeout=2)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,8 +188,8 @@ def run(name_or_config: str | dict, progress: bool = True, **overrides: Any) -> 
         keys = ", ".join(cfg["sweep"])
         raise ConfigError(f"sweep: {cfg['name']} is a sweep over {keys}; call experiments.sweep({cfg['name']!r}) "
                           f"or fix the swept key(s), e.g. run({cfg['name']!r}, **{{{next(iter(cfg['sweep']))!r}: ...}})")
-    result = _run_resolved(cfg, progress=progress)
-    _log(result)
+    result, seconds = _obtain(cfg, progress=progress)
+    _log(result, _request(name_or_config, overrides), seconds)
     return result
 
 
@@ -148,6 +222,11 @@ def _compute_slot(store: Path, threads: int):
 
 
 def _run_resolved(cfg: dict, progress: bool = True) -> Run:
+    return _obtain(cfg, progress)[0]
+
+
+def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:
+    """(the run, seconds spent training it or waiting for another process that was; 0 if it was stored)."""
     progress = progress and not _quiet()
     store = store_dir()
     store.mkdir(parents=True, exist_ok=True)
@@ -155,15 +234,18 @@ def _run_resolved(cfg: dict, progress: bool = True) -> Run:
     key, parts = compute_key(cfg, prepared)
     final = store / f"{cfg['name']}-{key}.h5"
     if final.exists():
-        return Run(final)
-    with FileLock(str(store / f"{key}.lock")):
-        if final.exists():  # another process trained it while we waited
-            return Run(final)
-        for stale in store.glob(f"{final.name}.tmp-*"):  # we hold the lock: these are leftovers
-            stale.unlink(missing_ok=True)
-        with _compute_slot(store, cfg["train"].get("threads") or 1):
-            _train_into(cfg, prepared, key, parts, final, progress)
-    return Run(final)
+        return Run(final), 0.0
+    started = time.monotonic()
+    with _heartbeat(cfg["name"], key, int(cfg["train"]["steps"])) as beat:
+        with FileLock(str(store / f"{key}.lock")):
+            if final.exists():  # another process trained it while we waited
+                return Run(final), time.monotonic() - started
+            for stale in store.glob(f"{final.name}.tmp-*"):  # we hold the lock: these are leftovers
+                stale.unlink(missing_ok=True)
+            with _compute_slot(store, cfg["train"].get("threads") or 1):
+                beat["state"] = "training"
+                _train_into(cfg, prepared, key, parts, final, progress)
+    return Run(final), time.monotonic() - started
 
 
 def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progress: bool) -> None:
@@ -193,9 +275,23 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
         raise
 
 
-def _sweep_member(cfg: dict) -> str:
-    # runs in a worker process: train (or find) one member, return its path
-    return str(_run_resolved(cfg, progress=False).path)
+def _sweep_member(cfg: dict) -> tuple[str, float]:
+    # runs in a worker process: train (or find) one member, return its path and training seconds
+    run, seconds = _obtain(cfg, progress=False)
+    return str(run.path), seconds
+
+
+def _member_requests(name_or_config: str | dict, cfg: dict, overrides: dict) -> list[dict]:
+    """One request per sweep member, in sweep_members' order: the swept values become overrides
+    (overriding a swept key fixes it, so each request names exactly one member)."""
+    import itertools
+
+    sweep = cfg.get("sweep") or {}
+    if not sweep:
+        return [_request(name_or_config, overrides)]
+    keys = list(sweep)
+    return [_request(name_or_config, {**overrides, **dict(zip(keys, combo, strict=True))})
+            for combo in itertools.product(*(sweep[k] for k in keys))]
 
 
 def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **overrides: Any) -> list[Run]:
@@ -203,7 +299,7 @@ def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **ov
     cfg = resolve(name_or_config, **overrides)
     members = sweep_members(cfg)
     if jobs <= 1 or len(members) == 1:
-        runs = [_run_resolved(m, progress=progress) for m in members]
+        obtained = [_obtain(m, progress=progress) for m in members]
     else:
         import multiprocessing
 
@@ -212,11 +308,216 @@ def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **ov
         ctx = multiprocessing.get_context("spawn")  # torch state must not be forked
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = [pool.submit(_sweep_member, copy.deepcopy(m)) for m in members]
-            paths = [f.result() for f in tqdm(futures, desc=f"sweep {cfg['name']}", disable=not progress or _quiet())]
-        runs = [Run(p) for p in paths]
-    for r in runs:
-        _log(r)
-    return runs
+            done = [f.result() for f in tqdm(futures, desc=f"sweep {cfg['name']}", disable=not progress or _quiet())]
+        obtained = [(Run(p), seconds) for p, seconds in done]
+    requests = _member_requests(name_or_config, cfg, overrides)
+    for (r, seconds), request in zip(obtained, requests, strict=True):
+        _log(r, request, seconds)
+    return [r for r, _ in obtained]
+
+
+# ------------------------------------------------------------------------------------ planned training
+
+
+def _fmt_minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"{round(seconds / 60)} min"
+
+
+def _resolve_request(request: dict) -> tuple[dict, str, Path]:
+    """(resolved config, key, final path) of a plan request; raises ConfigError / DataError if it no longer
+    resolves (a preset renamed, an override dropped): such a plan entry is stale and simply skipped."""
+    if not isinstance(request, dict) or not (isinstance(request.get("name"), str) or isinstance(request.get("config"), dict)):
+        raise ConfigError(f"not a run request: {request!r}")
+    overrides = request.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"overrides of {request!r} are not a mapping")
+    cfg = resolve(request.get("name") or request["config"], **overrides)
+    if cfg["sweep"]:
+        raise ConfigError(f"{cfg['name']} is a sweep; plan entries name single runs")
+    store = store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    key, _ = compute_key(cfg, _prepare(cfg, store))
+    return cfg, key, store / f"{cfg['name']}-{key}.h5"
+
+
+def _plan_child() -> None:
+    """Entry point of one training process started by train_planned: argv[1] is the request (JSON)."""
+    request = json.loads(sys.argv[1])
+    try:
+        run(request.get("name") or request["config"], progress=True, **(request.get("overrides") or {}))
+    except KeyboardInterrupt:
+        sys.exit(130)  # the temporary file is already removed
+
+
+def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
+    """Train the runs of `requests` ({"name" or "config", "overrides"}) the store lacks, `jobs` at a time.
+
+    Each run trains in its own process (`run`, so the key lock and the training slots hold as everywhere);
+    its steps come back through $LAB_PROGRESS heartbeats and drive one bar per run plus an overall bar whose
+    ETA is the remaining steps at the measured rate. Requests that no longer resolve are skipped with a note.
+    A failed training is reported, not raised: the document that needs the run will try again and fail
+    with its own error. Returns {"planned", "stored", "trained", "failed", "skipped", "seconds"}.
+    """
+    out = out or sys.stdout
+    started = time.monotonic()
+    missing: dict[str, tuple[dict, dict]] = {}  # key -> (request, cfg)
+    stored, skipped = set(), []
+    for request in requests:
+        try:
+            cfg, key, final = _resolve_request(request)
+        except (ConfigError, DataError) as e:
+            skipped.append(f"{request!r}: {e}")
+            continue
+        if final.exists():
+            stored.add(key)
+        else:
+            missing.setdefault(key, (request, cfg))
+    summary = {"planned": len(stored) + len(missing), "stored": len(stored), "trained": 0, "failed": [],
+               "skipped": skipped, "seconds": 0.0}
+    for note in skipped:
+        print(f"plan: skipped a stale entry, {note}", file=out, flush=True)
+    if not missing:
+        summary["seconds"] = time.monotonic() - started
+        return summary
+    total_steps = sum(int(cfg["train"]["steps"]) for _, cfg in missing.values())
+    print(f"training {len(missing)} runs ({total_steps:,} steps, {max(1, min(jobs, len(missing)))} at a time); "
+          f"{len(stored)} already in the store", file=out, flush=True)
+    trained, failed = _train_children(list(missing.items()), max(1, jobs), total_steps, out)
+    summary.update(trained=trained, failed=failed, seconds=time.monotonic() - started)
+    print(f"trained {trained} of {len(missing)} runs in {_fmt_minutes(summary['seconds'])}"
+          + (f"; {len(failed)} failed (the documents that need them will say why)" if failed else ""),
+          file=out, flush=True)
+    return summary
+
+
+def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, list[str]]:
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    overall = tqdm(total=total_steps, desc=f"training {len(todo)} runs", unit="step", position=0, disable=not tty,
+                   bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} steps [{elapsed}, about {remaining} left]")
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_RUN_LOG", "TQDM_DISABLE")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
+    pending = list(todo)
+    running: dict = {}  # key -> {"proc", "progress", "err", "bar", "done", "cfg", "offset", "slot"}
+    trained, failed, done_steps = 0, [], 0
+    measured_at = None  # first ETA line once some steps are measured
+    t0, last_line = time.monotonic(), time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lab-plan-") as tmp:
+        try:
+            while pending or running:
+                free = [s for s in range(jobs) if s not in {r["slot"] for r in running.values()}]
+                while pending and free:
+                    key, (request, cfg) = pending.pop(0)
+                    slot = free.pop(0)
+                    progress = Path(tmp) / f"{key}.progress"
+                    err = open(Path(tmp) / f"{key}.err", "w")
+                    proc = subprocess.Popen(
+                        [sys.executable, "-c", "from experiments.runs import _plan_child; _plan_child()",
+                         json.dumps(request)],
+                        env={**env, "LAB_PROGRESS": str(progress)}, stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+                    steps = int(cfg["train"]["steps"])
+                    bar = tqdm(total=steps, desc=f"  {cfg['name']} {key[:8]}", unit="step", position=slot + 1,
+                               leave=False, disable=not tty)
+                    running[key] = {"proc": proc, "progress": progress, "err": err, "bar": bar, "done": 0,
+                                    "cfg": cfg, "offset": 0, "slot": slot, "steps": steps}
+                time.sleep(0.5)
+                for key, r in list(running.items()):
+                    step, state = _last_progress(r)
+                    if step is not None and step > r["done"]:
+                        delta = step - r["done"]
+                        r["done"] = step
+                        r["bar"].update(delta)
+                        overall.update(delta)
+                        done_steps += delta
+                    if state == "waiting":
+                        r["bar"].set_description_str(f"  {r['cfg']['name']} {key[:8]} (waiting for a training slot)")
+                    elif state == "training":
+                        r["bar"].set_description_str(f"  {r['cfg']['name']} {key[:8]}")
+                    rc = r["proc"].poll()
+                    if rc is None:
+                        continue
+                    rest = r["steps"] - r["done"]
+                    if rc == 0:
+                        trained += 1
+                        overall.update(rest)
+                        done_steps += rest
+                    else:
+                        overall.total -= rest  # its steps will not come: keep the ETA honest
+                        total_steps -= rest
+                        r["err"].flush()
+                        failed.append(f"{r['cfg']['name']}-{key}: {_last_error(Path(tmp) / f'{key}.err')}")
+                        tqdm.write(f"training {r['cfg']['name']} {key[:8]} failed: {failed[-1]}", file=sys.stderr)
+                    r["bar"].close()
+                    r["err"].close()
+                    running.pop(key)
+                elapsed = time.monotonic() - t0
+                if done_steps and measured_at is None and (elapsed > 10 or done_steps >= 0.05 * total_steps):
+                    measured_at = elapsed
+                    left = (total_steps - done_steps) * elapsed / done_steps
+                    tqdm.write(f"training {len(todo)} runs, about {_fmt_minutes(left)} left", file=out)
+                    out.flush()
+                elif not tty and time.monotonic() - last_line > 30 and done_steps:
+                    # no bars in a log: a line every 30 s instead
+                    left = (total_steps - done_steps) * elapsed / done_steps
+                    print(f"training: {trained} of {len(todo)} runs done, {done_steps:,}/{total_steps:,} steps, "
+                          f"about {_fmt_minutes(left)} left", file=out, flush=True)
+                    last_line = time.monotonic()
+        except BaseException:
+            # Ctrl-C or an error here: stop every child cleanly (each removes its temporary file), then kill
+            for r in running.values():
+                with contextlib.suppress(OSError):
+                    r["proc"].send_signal(2)
+            deadline = time.monotonic() + 4
+            for r in running.values():
+                try:
+                    r["proc"].wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    r["proc"].kill()
+                    r["proc"].wait()
+                r["err"].close()
+                r["bar"].close()
+            raise
+        finally:
+            overall.close()
+    return trained, failed
+
+
+def _last_progress(r: dict) -> tuple[int | None, str | None]:
+    """The newest heartbeat of a child: (step or None, state or None); reads only what was appended."""
+    try:
+        with open(r["progress"], "rb") as f:
+            f.seek(r["offset"])
+            data = f.read()
+    except OSError:
+        return None, None
+    end = data.rfind(b"\n")
+    if end < 0:
+        return None, None
+    r["offset"] += end + 1
+    step, state = None, None
+    for raw in data[:end].splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        state = line.get("state") or state
+        if isinstance(line.get("step"), int):
+            step = line["step"]
+    return step, state
+
+
+def _last_error(path: Path) -> str:
+    """The last meaningful line a failed child wrote (its exception), bars and blank lines skipped."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "no output"
+    lines = [ln.strip() for chunk in text.splitlines() for ln in chunk.split("\r") if ln.strip()]
+    lines = [ln for ln in lines if "|" not in ln or "Error" in ln]
+    return lines[-1] if lines else "exited without a message"
 
 
 # ------------------------------------------------------------------------------------ listing, gc

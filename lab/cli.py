@@ -18,6 +18,13 @@ def _used_run_keys() -> set[str]:
     return used_run_keys(find_root())
 
 
+def _train_planned(requests: list[dict], jobs: int) -> dict:
+    # `lab render` trains the runs its plan needs before executing documents; training is experiments' job
+    from experiments.runs import train_planned
+
+    return train_planned(requests, jobs=jobs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lab",
@@ -30,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     import experiments.cli
     import publish.cli
 
-    publish.cli.register(sub)
+    publish.cli.register(sub, train_runs=_train_planned)
     experiments.cli.register(sub, used_keys=_used_run_keys)
     # no ImportError guard: a broken dependency must fail loudly, not make `lab blackholes` vanish from the help
     experiments.blackholes_cli.register(sub)

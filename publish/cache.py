@@ -132,6 +132,8 @@ def store(doc: Document, execution) -> dict:
 def project_execute(root: Path) -> str:
     """Hash of `_quarto.yml`'s `execute:` defaults: changing eval/error/warning there changes every run."""
     settings = load_project(root).get("execute") or {}
+    if isinstance(settings, dict):  # the timeout decides when a chunk is stopped, not what it computes
+        settings = {k: v for k, v in settings.items() if k != "timeout"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 

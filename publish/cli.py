@@ -36,7 +36,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return render(root, args.paths or None, jobs=args.jobs, force=args.force, keep_going=args.keep_going)
+    return render(root, args.paths or None, jobs=args.jobs, force=args.force, keep_going=args.keep_going,
+                  strict=args.strict, timeout=args.timeout, train_runs=getattr(args, "train_runs", None))
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -52,8 +53,21 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Add `render` and `new` to an argparse subparsers object."""
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or more seconds, got {value:g}")
+    return value
+
+
+def register(subparsers, train_runs=None) -> None:
+    """Add `render` and `new` to an argparse subparsers object.
+
+    `train_runs(requests, jobs)`: what `render` calls to train the planned runs before executing documents
+    (lab/cli.py passes experiments' trainer; without it, documents train what they need themselves)."""
     p = subparsers.add_parser("render", help="execute what changed and build the site",
                               description="Execute changed documents (cached otherwise) and rebuild site/.")
     p.add_argument("paths", nargs="*", metavar="PATH",
@@ -63,9 +77,15 @@ def register(subparsers) -> None:
     p.add_argument("--force", nargs="+", default=[], metavar="PATTERN",
                    help="execute sources matching these glob patterns even if cached (e.g. 'log/*')")
     p.add_argument("--keep-going", action="store_true",
-                   help="execute everything despite failures; publish with failed pages marked (exit 1)")
+                   help="execute everything despite failures (the default; with --strict: publish nothing still)")
+    p.add_argument("--strict", action="store_true",
+                   help="all or nothing: stop at the first failed page and leave the site as it was")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="stop a chunk after this long without progress (output or training heartbeats); "
+                        "0 = never (default: execute: timeout in _quarto.yml / front matter, else "
+                        "1800)")
     p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
-    p.set_defaults(func=cmd_render)
+    p.set_defaults(func=cmd_render, train_runs=train_runs)
 
     p = subparsers.add_parser("new", help="start a new log entry (or lore page)",
                               description="Create a dated log entry (or a lore page) and print its path.")

@@ -9,6 +9,10 @@ what the run *used*, so the document cache can tell when imported code or data c
   * the chunks' import statements are also scanned statically, transitively through project modules, so a
     module imported in an `eval: false` chunk or an untaken branch still counts;
   * `LAB_RUN_LOG` points at a temp file where `experiments` appends one JSON line per run it loads.
+A chunk runs as long as it makes progress: it is stopped only after `timeout` seconds (`execute: timeout` in
+_quarto.yml or the front matter, or `lab render --timeout`) without any. Progress is any output of the chunk
+or any change of the file `LAB_PROGRESS` points at, where `experiments` appends a heartbeat while a run
+trains (ARCHITECTURE.md), so a document that trains for hours is never killed for taking long.
 Hidden cells never reach the returned notebook. Files read by C extensions (h5py, safetensors) are invisible
 to the audit hook; runs are covered by the run log instead.
 """
@@ -31,9 +35,12 @@ import nbformat
 
 from publish.sources import Chunk, Document, load_project
 
-DEFAULT_TIMEOUT = 3600  # seconds per chunk: a real training run can take a long while on 2 cores
+# seconds a chunk may go without progress (output, or a training heartbeat in LAB_PROGRESS); not a limit
+# on its length: a chunk that trains for hours while beating is never stopped
+DEFAULT_TIMEOUT = 1800
 STARTUP_TIMEOUT = 120
 KILL_GRACE = 10  # seconds between interrupting a chunk past its timeout and killing its kernel
+WATCH_EVERY = 0.25  # seconds between the watchdog's looks at the progress signals
 DEFAULT_OPTIONS = {"echo": True, "eval": True, "output": True, "warning": True, "error": False,
                    "include": True, "code-fold": False, "code-summary": "Code"}
 _EXECUTE_KEYS = ("echo", "eval", "output", "warning", "error", "include")
@@ -61,7 +68,7 @@ class Execution:
     notebook: nbformat.NotebookNode  # visible cells only; each cell's metadata["lab"]["chunk"] = chunk index
     modules: list[str] = field(default_factory=list)  # root-relative posix paths of project module sources
     files: list[str] = field(default_factory=list)  # root-relative posix paths of project files read
-    runs: list[dict] = field(default_factory=list)  # {"name", "key", "path"} lines from LAB_RUN_LOG
+    runs: list[dict] = field(default_factory=list)  # {"name", "key", "path", "request", "train_seconds"}
     python: str = ""
     kernel: str = ""
     seconds: float = 0.0
@@ -319,29 +326,94 @@ def _error_text(cell) -> str:
 
 
 def _read_run_log(path: Path) -> list[dict]:
-    runs = []
+    """Unique runs of the log, in first-use order; training seconds summed over every line of a run."""
+    unique: dict[tuple, dict] = {}
     if not path.exists():
-        return runs
+        return []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # a half-written line from a killed run: nothing to depend on
-        if isinstance(entry, dict) and "key" in entry:
-            runs.append({"name": str(entry.get("name", "")), "key": str(entry["key"]),
-                         "path": str(entry.get("path", ""))})
-    unique = {(r["name"], r["key"]): r for r in runs}
+        if not isinstance(entry, dict) or "key" not in entry:
+            continue
+        run = unique.setdefault((str(entry.get("name", "")), str(entry["key"])), {
+            "name": str(entry.get("name", "")), "key": str(entry["key"]), "path": str(entry.get("path", "")),
+            "train_seconds": 0.0})
+        seconds = entry.get("train_seconds")
+        if isinstance(seconds, (int, float)):
+            run["train_seconds"] = round(run["train_seconds"] + float(seconds), 3)
+        if isinstance(entry.get("request"), dict) and "request" not in run:
+            run["request"] = entry["request"]
     return list(unique.values())
 
 
-def execute(doc: Document, *, timeout: float = DEFAULT_TIMEOUT, startup_timeout: float = STARTUP_TIMEOUT,
+def timeout_for(doc: Document, project: dict | None = None) -> float | None:
+    """`execute: timeout` of the front matter, else of _quarto.yml, else DEFAULT_TIMEOUT; 0 or less = none.
+
+    Seconds without progress, not the chunk's length (see the module docstring)."""
+    project = load_project(doc.root) if project is None else project
+    value = DEFAULT_TIMEOUT
+    for layer, where in ((project, "_quarto.yml"), (doc.meta, doc.rel)):
+        execute = layer.get("execute")
+        if isinstance(execute, dict) and "timeout" in execute:
+            raw = execute["timeout"]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise ExecutionError(doc.path, "(options)", None,
+                                     f"{where}: execute: timeout must be a number of seconds, got {raw!r}")
+            value = raw
+    return float(value) if value and value > 0 else None
+
+
+# Clients executing right now, so that Ctrl-C on `lab render` can stop their kernels (abort_all).
+_ACTIVE: set = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def abort_all(kill: bool = False) -> int:
+    """Interrupt (kill=False) or kill every running document kernel; returns how many there were.
+
+    An aborted document stops after its current chunk even if the chunk swallows the interrupt, and its
+    kernel is shut down at once (no graceful wait) with its connection file removed."""
+    import signal
+
+    with _ACTIVE_LOCK:
+        clients = list(_ACTIVE)
+    for client in clients:
+        client.lab_aborted = True
+        client.shutdown_kernel = "immediate"
+        try:
+            if kill:
+                client.km.signal_kernel(signal.SIGKILL)
+            else:
+                client.km.interrupt_kernel()
+        except Exception:  # already gone: its worker is cleaning up
+            pass
+    return len(clients)
+
+
+def active_count() -> int:
+    with _ACTIVE_LOCK:
+        return len(_ACTIVE)
+
+
+class _Aborted(Exception):
+    pass
+
+
+def execute(doc: Document, *, timeout: float | None = None, startup_timeout: float = STARTUP_TIMEOUT,
             project: dict | None = None) -> Execution:
-    """Run `doc` top to bottom in a fresh kernel; raise ExecutionError naming the failing chunk."""
-    from nbclient import NotebookClient
+    """Run `doc` top to bottom in a fresh kernel; raise ExecutionError naming the failing chunk.
+
+    `timeout`: seconds a chunk may go without progress (None: the document's `execute: timeout`; 0: none).
+    """
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     root = doc.root.resolve()
     project = load_project(root) if project is None else project
+    if timeout is None:
+        timeout = timeout_for(doc, project)
+    timeout = timeout if timeout and timeout > 0 else None
     nb = build_notebook(doc, project)
     started = time.monotonic()
     executed_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -349,8 +421,11 @@ def execute(doc: Document, *, timeout: float = DEFAULT_TIMEOUT, startup_timeout:
     with tempfile.TemporaryDirectory(prefix="lab-exec-") as tmp:
         run_log = Path(tmp) / "runs.jsonl"
         run_log.touch()
+        progress = Path(tmp) / "progress.jsonl"
+        progress.touch()
         env = dict(os.environ)
         env["LAB_RUN_LOG"] = str(run_log)
+        env["LAB_PROGRESS"] = str(progress)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silence debugpy's frozen-modules warning
         env.setdefault("JUPYTER_PLATFORM_DIRS", "1")
@@ -363,19 +438,22 @@ def execute(doc: Document, *, timeout: float = DEFAULT_TIMEOUT, startup_timeout:
         setup = nbformat.v4.new_code_cell(_setup_code(root))
         report = nbformat.v4.new_code_cell(_report_code(root))
         work = nbformat.v4.new_notebook(cells=[setup, *nb.cells, report], metadata=nb.metadata)
-        # nbclient's own per-cell timeout is only a backstop: with this jupyter_client/ipykernel it never
-        # fires (tested), so _execute_cell enforces the limit with a watchdog
-        client = NotebookClient(work, timeout=int(timeout + 2 * KILL_GRACE), startup_timeout=int(startup_timeout),
-                                allow_errors=False,
-                                km=_kernel_manager(Path(tmp)), record_timing=False,
-                                resources={"metadata": {"path": str(doc.path.parent)}})
+        # no nbclient timeout: a fixed per-cell limit would kill long trainings; _execute_cell's watchdog
+        # stops a chunk only when it stops making progress
+        client = _client_class()(work, timeout=None, startup_timeout=int(startup_timeout), allow_errors=False,
+                                 km=_kernel_manager(Path(tmp)), record_timing=False,
+                                 resources={"metadata": {"path": str(doc.path.parent)}})
         chunk: Chunk | None = None
         cell = setup
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(client)
         try:
             # cleanup_kc: nbclient only shuts down kernels it created itself, and we pass our own manager
             with client.setup_kernel(env=env, cwd=str(doc.path.parent), cleanup_kc=True):
                 client.execute_cell(setup, 0)
                 for index, cell in enumerate(nb.cells, start=1):
+                    if client.lab_aborted:
+                        raise _Aborted()
                     if cell.cell_type != "code":
                         continue
                     chunk = doc.chunks[cell.metadata["lab"]["chunk"]]
@@ -387,21 +465,31 @@ def execute(doc: Document, *, timeout: float = DEFAULT_TIMEOUT, startup_timeout:
                     if not options["warning"]:
                         client.execute_cell(nbformat.v4.new_code_cell(_WARN_OFF), index)
                     try:
-                        _execute_cell(client, cell, index, timeout)
+                        _execute_cell(client, cell, index, timeout, progress)
                     finally:
                         cell.metadata.pop("tags", None)
                     if not options["warning"]:
                         client.execute_cell(nbformat.v4.new_code_cell(_WARN_ON), index)
+                if client.lab_aborted:
+                    raise _Aborted()
                 chunk, cell = None, report
                 client.execute_cell(report, len(work.cells) - 1)
-        except (CellTimeoutError, _Timeout):
-            raise _failure(doc, chunk, f"timed out after {timeout:g} s") from None
-        except DeadKernelError as e:
-            raise _failure(doc, chunk, f"the kernel died: {e}") from None
-        except CellExecutionError as e:
-            raise _failure(doc, chunk, _error_text(cell) or strip_ansi(str(e))) from None
-        except RuntimeError as e:  # the kernel failed to start
-            raise _failure(doc, chunk, f"could not start the kernel: {e}") from None
+        except Exception as e:
+            if client.lab_aborted:  # Ctrl-C on `lab render`: whatever the kernel said, it was stopped
+                raise _failure(doc, chunk, "interrupted") from None
+            if isinstance(e, (CellTimeoutError, _Timeout)):
+                raise _failure(doc, chunk, f"no progress for {timeout:g} s, stopped (execute: timeout; output and "
+                                           f"training heartbeats count as progress)") from None
+            if isinstance(e, DeadKernelError):
+                raise _failure(doc, chunk, f"the kernel died: {e}") from None
+            if isinstance(e, CellExecutionError):
+                raise _failure(doc, chunk, _error_text(cell) or strip_ansi(str(e))) from None
+            if isinstance(e, RuntimeError):  # the kernel failed to start
+                raise _failure(doc, chunk, f"could not start the kernel: {e}") from None
+            raise
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(client)
         runs = _read_run_log(run_log)
 
     info = _parse_report(report)
@@ -422,29 +510,63 @@ class _Timeout(Exception):
     pass
 
 
-def _execute_cell(client, cell, index: int, timeout: float) -> None:
-    """execute_cell with a deadline: interrupt the kernel (SIGINT) at `timeout`, kill it if that is ignored."""
+def _client_class():
+    from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        """NotebookClient that notes when the kernel last produced output (progress for the watchdog)."""
+
+        lab_last_output = 0.0
+        lab_aborted = False
+
+        def output(self, outs, msg, display_id, cell_index):
+            self.lab_last_output = time.monotonic()
+            return super().output(outs, msg, display_id, cell_index)
+
+    return Client
+
+
+def _signature(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return st.st_size, st.st_mtime_ns
+
+
+def _execute_cell(client, cell, index: int, timeout: float | None, progress: Path) -> None:
+    """execute_cell with a watchdog: after `timeout` s without progress (output, or a change of the
+    `progress` file), interrupt the kernel (SIGINT); kill it if that is ignored for KILL_GRACE s."""
     import signal
 
+    if timeout is None:
+        client.execute_cell(cell, index)
+        return
     fired = threading.Event()
+    finished = threading.Event()
 
-    def interrupt():
-        fired.set()
-        try:
-            client.km.interrupt_kernel()
-        except Exception:  # the kernel may already be gone; the kill below or nbclient will notice
-            pass
+    def watch():
+        last, seen, seen_output = time.monotonic(), _signature(progress), client.lab_last_output
+        while not finished.wait(WATCH_EVERY):
+            now = time.monotonic()
+            signature = _signature(progress)
+            if signature != seen or client.lab_last_output != seen_output:
+                last, seen, seen_output = now, signature, client.lab_last_output
+            if not fired.is_set() and now - last > timeout:
+                fired.set()
+                try:
+                    client.km.interrupt_kernel()
+                except Exception:  # the kernel may already be gone; nbclient will notice
+                    pass
+            elif fired.is_set() and now - last > timeout + KILL_GRACE:
+                try:
+                    client.km.signal_kernel(signal.SIGKILL)
+                except Exception:
+                    pass
+                return
 
-    def kill():
-        try:
-            client.km.signal_kernel(signal.SIGKILL)
-        except Exception:
-            pass
-
-    timers = [threading.Timer(timeout, interrupt), threading.Timer(timeout + KILL_GRACE, kill)]
-    for timer in timers:
-        timer.daemon = True
-        timer.start()
+    watchdog = threading.Thread(target=watch, name="lab-watchdog", daemon=True)
+    watchdog.start()
     try:
         client.execute_cell(cell, index)
     except Exception as e:
@@ -452,8 +574,8 @@ def _execute_cell(client, cell, index: int, timeout: float) -> None:
             raise _Timeout() from e
         raise
     finally:
-        for timer in timers:
-            timer.cancel()
+        finished.set()
+        watchdog.join()
     if fired.is_set():  # interrupted inside an `error: true` chunk, which swallowed the KeyboardInterrupt
         raise _Timeout()
 

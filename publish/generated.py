@@ -241,7 +241,9 @@ def failed_banner(page) -> str:
         return ""
     error = (page.error or "unknown error").rstrip()
     body = "\n".join("    " + line for line in error.splitlines())
-    return f'!!! failure "This page failed to execute"\n\n    ```text\n{body}\n    ```\n\n'
+    shown = (f"Below: the outputs of its last good execution ({when(page.executed_at)})."
+             if getattr(page, "shows_last_good", False) else "Below: the source, without outputs.")
+    return f'!!! failure "This page failed to execute"\n\n    ```text\n{body}\n    ```\n\n    {shown}\n\n'
 
 
 def with_excerpt(markdown: str, description: str | None) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from publish import cache
-from publish.execute import ExecutionError, execute, options_for, strip_ansi
+from publish.execute import ExecutionError, abort_all, active_count, execute, options_for, strip_ansi
 from publish.layout import docs_path, figure_dir
 from publish.links import rewrite_links
 from publish.sources import Chunk, Document, SourceError, load_project
@@ -49,6 +49,12 @@ class Page:
     runs: list[dict] = field(default_factory=list)  # [{"name", "key"}]
     error: str | None = None
     reason: str | None = None  # why it executed ("source changed", "mymod/a.py changed", "forced", ...)
+    # where the time went when it executed: the kernel's wall time, the part of it spent training runs
+    # (from the run log), and converting the notebook into the page
+    execute_seconds: float = 0.0
+    train_seconds: float = 0.0
+    convert_seconds: float = 0.0
+    shows_last_good: bool = False  # failed, but showing the outputs of its last good execution
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -217,7 +223,9 @@ def _matches(doc: Document, patterns: Iterable[str]) -> bool:
 
 def _from_entry(doc: Document, entry: cache.Entry, sources: set[str], project: dict, status: str,
                 seconds: float) -> Page:
+    converting = time.monotonic()
     page = notebook_markdown(doc, entry.notebook, sources, project)
+    page.convert_seconds = time.monotonic() - converting
     page.status = status
     page.seconds = seconds
     page.executed_at = entry.record.get("executed_at")
@@ -231,11 +239,24 @@ def _from_entry(doc: Document, entry: cache.Entry, sources: set[str], project: d
 
 
 def _failed(doc: Document, error: Exception, seconds: float, sources: set[str], project: dict) -> Page:
-    try:  # show the source without outputs under the site's failure banner
-        page = notebook_markdown(doc, None, sources, project)
-    except SourceError:
-        page = Page(doc=doc, status="failed")
+    """The page shown under the failure banner: the last good execution's outputs when they belong to this
+    very source (a dependency broke it), else the source without outputs."""
+    page, last_good = None, None
+    entry = cache.load(doc)
+    if entry is not None and entry.record.get("source_sha256") == (doc.source_sha256 or cache.sha256(doc.path)):
+        try:
+            page = notebook_markdown(doc, entry.notebook, sources, project)
+            last_good = entry.record.get("executed_at")
+        except SourceError:
+            page = None
+    if page is None:
+        try:
+            page = notebook_markdown(doc, None, sources, project)
+        except SourceError:
+            page = Page(doc=doc, status="failed")
     page.status, page.seconds, page.error = "failed", seconds, str(error)
+    page.shows_last_good = last_good is not None
+    page.executed_at = last_good
     return page
 
 
@@ -251,6 +272,7 @@ def build_pages(
     only: Iterable[Document] | None = None,
     timeout: float | None = None,
     progress: bool = False,
+    before_execute: Callable[[list[Document]], None] | None = None,
 ) -> list[Page]:
     """Execute stale documents (`jobs` at a time, one kernel each), reuse fresh ones, convert all.
 
@@ -260,7 +282,10 @@ def build_pages(
     scheduling further executions; documents never started are left out of the result. Returns pages in
     the order of `docs`; `on_page` is called (from this thread) as each one finishes, `on_start(doc, reason)`
     as each execution is scheduled (a long one, e.g. a page that trains a run, is visibly under way). `timeout`: seconds
-    per chunk (default execute.DEFAULT_TIMEOUT). `progress`: a tqdm bar over documents (stderr).
+    a chunk may go without progress (default: each document's `execute: timeout`; 0: none). `progress`: a tqdm
+    bar over documents (stderr). `before_execute(docs)`: called once with the documents about to execute,
+    before the first starts (`lab render` trains the runs they need there). Ctrl-C interrupts the running
+    kernels, shuts them down and re-raises KeyboardInterrupt; finished cache entries stay.
     """
     root = Path(root).resolve()
     project = load_project(root)
@@ -306,18 +331,23 @@ def build_pages(
     def run(doc: Document) -> Page:
         started = time.monotonic()
         try:
-            kwargs = {"timeout": timeout} if timeout else {}
-            execution = execute(doc, project=project, **kwargs)
+            execution = execute(doc, project=project, timeout=timeout)
             cache.store(doc, execution)
             entry = cache.Entry(record=cache.load_record(doc) or {}, notebook=execution.notebook)
-            return _from_entry(doc, entry, sources, project, "executed", time.monotonic() - started)
+            page = _from_entry(doc, entry, sources, project, "executed", time.monotonic() - started)
+            page.execute_seconds = execution.seconds
+            page.train_seconds = sum(float(r.get("train_seconds") or 0) for r in execution.runs)
+            return page
         except (ExecutionError, SourceError, OSError) as e:
             return _failed(doc, e, time.monotonic() - started, sources, project)
 
     pending = list(stale)
     reasons = {d.rel: r for d, r in stale}
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="lab-exec") as pool:
-        running: dict[Future, Document] = {}
+    if pending and before_execute is not None and (keep_going or not failed.is_set()):
+        before_execute([d for d, _ in pending])
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="lab-exec")
+    running: dict[Future, Document] = {}
+    try:
         while pending or running:
             while pending and len(running) < max(1, jobs) and (keep_going or not failed.is_set()):
                 doc, why = pending.pop(0)
@@ -332,5 +362,23 @@ def build_pages(
                 page = future.result()
                 page.reason = reasons.get(page.doc.rel)
                 finish(page)
-    bar.close()
+    except KeyboardInterrupt:
+        _stop(pool, running)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown(wait=True)
     return [results[d.rel] for d in docs if d.rel in results]
+
+
+def _stop(pool: ThreadPoolExecutor, running: dict) -> None:
+    """Ctrl-C: interrupt every kernel, give the workers a moment to shut them down (each removes its
+    connection file), kill what still runs, and never start another document."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    abort_all()
+    deadline = time.monotonic() + 2.5
+    while active_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if active_count():  # a chunk that ignores SIGINT (a C loop): its kernel is killed
+        abort_all(kill=True)
+        wait(list(running), timeout=2)

@@ -1,8 +1,11 @@
-"""`lab render`: sources → executed pages → generated docs tree → site, swapped in only on success.
+"""`lab render`: sources → (planned runs trained) → executed pages → generated docs tree → site.
 
-Steps: read + validate every source; execute what changed (publish.pages, with the document cache);
-print one line per document and a summary; add the generated pages; build the site into a temporary
-directory next to `site/`; swap it into place. Any failure leaves the previous `site/` byte-identical.
+Steps: read + validate every source; find the documents that must execute; train the runs the plan
+(`_runs.yml`, publish.plan) says they need and the store lacks (through the `train_runs` callable lab/cli.py
+passes in); execute them (publish.pages, with the document cache); rewrite the plan; print one line per
+document and a summary; add the generated pages; build the site into a temporary directory next to
+`site/`; swap it into place; print where the time went. A failed page is published under a banner and the
+exit status is 1; with `strict`, any failure leaves the previous `site/` byte-identical.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from filelock import FileLock
 
-from publish import generated, site
+from publish import generated, plan, site
 from publish.layout import docs_path
 from publish.pages import build_pages
 from publish.sources import SourceError, discover, read_document
@@ -90,6 +93,30 @@ def failure_report(page) -> str:
     return f"\nFAILED {page.doc.rel}\n{(page.error or 'unknown error').rstrip()}\n"
 
 
+def time_report(pages: list, planned: float, site_seconds: float, total: float) -> list[str]:
+    """Where the time went, per executed document and in all: training (planned + inside documents, from
+    the run log), analyses (the rest of execution), rendering (pages converted + the site built)."""
+    executed = [p for p in pages if p.status == "executed"]
+    if not executed and not planned:
+        return []
+    width = max([len(p.doc.rel) for p in executed] + [len("planned training")])
+    lines = [f"{'where the time went (s)':<{width + 2}} {'training':>9} {'analyses':>9} {'rendering':>9}"]
+    if planned:
+        lines.append(f"  {'planned training':<{width}} {planned:>9.1f} {'':>9} {'':>9}")
+    for p in executed:
+        analyses = max(0.0, p.execute_seconds - p.train_seconds)
+        lines.append(f"  {p.doc.rel:<{width}} {p.train_seconds:>9.1f} {analyses:>9.1f} {p.convert_seconds:>9.1f}")
+    if site_seconds:
+        lines.append(f"  {'site build':<{width}} {'':>9} {'':>9} {site_seconds:>9.1f}")
+    training = planned + sum(p.train_seconds for p in executed)
+    analyses = sum(max(0.0, p.execute_seconds - p.train_seconds) for p in executed)
+    rendering = site_seconds + sum(p.convert_seconds for p in pages)
+    # documents executed in parallel overlap, so the parts may add up to more than the total
+    lines.append(f"time: total {total:.1f} s, training {training:.1f} s, analyses {analyses:.1f} s, "
+                 f"rendering {rendering:.1f} s")
+    return lines
+
+
 # --------------------------------------------------------------------------- nav
 
 
@@ -122,13 +149,19 @@ def render(
     force: Iterable[str] = (),
     keep_going: bool = False,
     out: Path | str | None = None,
+    strict: bool = False,
+    timeout: float | None = None,
+    train_runs: Callable[[list[dict], int], dict | None] | None = None,
 ) -> int:
     """Render the project at `root` into its site (or `out`). Returns the exit status (0 = success).
 
     `targets`: execute only these sources; the others are taken from the document cache as they are
     (even when stale) and listed as such. `force`: glob patterns of sources to execute regardless of
-    the cache. `keep_going`: execute every document despite failures and publish the site with the
-    failed pages marked; the exit status is still 1.
+    the cache. A failed document does not stop the others: the site is published with the failed pages
+    under a banner and the exit status is 1. `strict`: all or nothing, the first failure stops scheduling
+    and the site is left as it was (with `keep_going` too, every document still executes). `timeout`:
+    seconds a chunk may go without progress (default: `execute: timeout`, see publish.execute; 0: none).
+    `train_runs(requests, jobs)`: trains the planned runs the store lacks before documents execute.
     """
     start = time.perf_counter()
     root = Path(root).resolve()
@@ -149,20 +182,52 @@ def render(
         untargeted = [d for d in docs if d not in chosen]
         print(f"rendering {len(chosen)} of {len(docs)} documents; the other {len(untargeted)} are "
               f"taken from the cache as they are")
+    jobs = max(1, int(jobs or 1))
+    planned = {"seconds": 0.0}
+
+    def before_execute(to_run: list) -> None:
+        # the plan: train what the documents about to execute need before any of them starts, so a first
+        # render shows bars and an ETA instead of a silent first page
+        try:
+            requests = plan.requests_for(root, to_run)
+        except plan.PlanError as e:
+            print(f"warning: {e}; the documents train what they need themselves", file=sys.stderr)
+            return
+        noun = "document" if len(to_run) == 1 else "documents"
+        print(f"plan: {len(to_run)} {noun} to execute need {len(requests)} runs (from {plan.PLAN_FILE} and the "
+              f"document cache)", flush=True)
+        if requests and train_runs is not None:
+            began = time.perf_counter()
+            try:
+                train_runs(requests, jobs)
+            except Exception as e:  # the plan is an optimisation: the documents still train what they need
+                print(f"warning: planned training stopped: {e}; the documents train what they need themselves",
+                      file=sys.stderr)
+            planned["seconds"] = time.perf_counter() - began
+
     pages = build_pages(
-        root, docs, jobs=max(1, int(jobs or 1)), force=force, keep_going=keep_going,
+        root, docs, jobs=jobs, force=force, keep_going=keep_going or not strict, timeout=timeout,
         on_page=lambda page: print(page_line(page), flush=True),
         on_start=lambda doc, why: print(f"{'running':<9} {doc.rel}  ({why})", flush=True),
+        before_execute=before_execute,
         **({"only": chosen} if chosen is not None else {}),
     )
+    if any(p.status == "executed" for p in pages):
+        try:
+            if plan.update(root, docs):
+                print(f"plan: {plan.PLAN_FILE} updated (commit it)", flush=True)
+        except OSError as e:
+            print(f"warning: {plan.plan_path(root)}: not updated: {e}", file=sys.stderr)
     failed = [p for p in pages if p.status == "failed"]
     print(summary_line(pages, time.perf_counter() - start), flush=True)
     for page in failed:
         print(failure_report(page), file=sys.stderr)
-    if failed and not keep_going:
-        print(f"site not updated: {len(failed)} document(s) failed ({site_dir} left as it was)", file=sys.stderr)
+    if failed and strict:
+        print(f"site not updated: {len(failed)} document(s) failed ({site_dir} left as it was; --strict)",
+              file=sys.stderr)
         return 1
 
+    site_started = time.perf_counter()
     try:
         # two renders of one project may run at once (say, two authors' entries): the build and swap of
         # site/ is the only shared step, so it is serialised
@@ -173,7 +238,13 @@ def render(
     except (site.SiteError, RenderError, OSError) as e:
         print(f"error: {e}\nsite not updated ({site_dir} left as it was)", file=sys.stderr)
         return 1
+    site_seconds = time.perf_counter() - site_started
     print(f"{result} {site_dir} in {time.perf_counter() - start:.1f} s")
+    for line in time_report(pages, planned["seconds"], site_seconds, time.perf_counter() - start):
+        print(line)
+    if failed:
+        print(f"{len(failed)} page(s) failed and are published under a banner: "
+              f"{', '.join(p.doc.rel for p in failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from experiments.laws import pin_numerics
+
+# Before anything in this process calls into MKL: one code path on every AVX2 CPU, Intel or AMD (laws.py)
+pin_numerics()
+
 if TYPE_CHECKING:
     from experiments.recording import Run
 

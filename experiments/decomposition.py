@@ -78,7 +78,8 @@ def decompose(run, steps=None, block: int = 32, progress: bool = False) -> Decom
             for j, t in enumerate(chunk):
                 k = i + j
                 hp = adam.hyper_of(run, t)
-                r = adam.apply_update(W_prev[j], m[j], v[j], t, hp, bf16=True)
+                r = adam.apply_update(W_prev[j], m[j], v[j], t, hp, bf16=True,
+                                  impl=run.config["optim"].get("impl", "foreach"))
                 w0, w1 = adam.bf16_to_f32(W_prev[j]), adam.bf16_to_f32(W_cur[j])
                 u = r.intended.astype(np.float64)
                 moved = w1.astype(np.float64) - r.decayed.astype(np.float64)
@@ -156,5 +157,6 @@ def row_critical(run, step: int, reduce=np.median) -> np.ndarray:
     (see critical_ratio); np.max gives the row's most mobile coordinate."""
     hp = adam.hyper_of(run, step)
     r = adam.apply_update(run.tensor("W", steps=step - 1, kind="bits"), run.tensor("m", steps=step, kind="bits"),
-                          run.tensor("v", steps=step, kind="bits"), step, hp, bf16=True)
+                          run.tensor("v", steps=step, kind="bits"), step, hp, bf16=True,
+                          impl=run.config["optim"].get("impl", "foreach"))
     return reduce(critical_ratio(r.decayed, r.intended), axis=-1)

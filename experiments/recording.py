@@ -44,6 +44,8 @@ class Run:
         self.versions = json.loads(a["versions"])
         self.created = str(a["created"])
         self.description = str(a.get("description", ""))
+        # the AdamW kernel laws of the machine that trained the run (experiments.laws); None in older runs
+        self.kernel_laws = json.loads(a["kernel_laws"]) if "kernel_laws" in a else None
         self.steps_total = int(a["steps_total"])
         self._row = {int(t): i for i, t in enumerate(self.tokens)}
 

@@ -72,6 +72,12 @@ def compute_key(cfg: dict, prepared, sources: dict[str, str] | None = None) -> t
         "numpy": numpy.__version__,
         "format": FORMAT_VERSION,
     }
+    if cfg["precision"]["dtype"] != "bf16":
+        # float32 optimizer state meets kernels whose bits depend on the machine's libraries (MKL's square
+        # root differs between its code paths): the probed laws are part of what decides the recording
+        from experiments import laws
+
+        parts["kernel_laws"] = laws.current(False, cfg["optim"]["impl"])
     key = hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
     return key, parts
 
@@ -262,6 +268,8 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
         "description": " ".join(str(cfg.get("description", "")).split()),
         "tokenizer": prepared.tokenizer_json,
         "corpus_manifest": json.dumps(prepared.manifest, sort_keys=True, default=str),
+        # the AdamW kernel laws of this machine, so a replay elsewhere uses this machine's arithmetic
+        "kernel_laws": json.dumps(_kernel_laws(cfg), sort_keys=True),
     }
     try:
         train(cfg, prepared, tmp, attrs, progress=progress)
@@ -273,6 +281,13 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _kernel_laws(cfg: dict) -> dict:
+    from experiments import laws
+
+    prec = cfg["precision"]["dtype"]
+    return laws.for_run(prec == "bf16", cfg["optim"]["impl"])
 
 
 def _sweep_member(cfg: dict) -> tuple[str, float]:

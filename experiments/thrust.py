@@ -76,6 +76,7 @@ def adam_term_norms(run, steps) -> np.ndarray:
     for t in steps:
         hp = adam.hyper_of(run, t)
         r = adam.apply_update(run.tensor("W", steps=t - 1, kind="bits"), run.tensor("m", steps=t, kind="bits"),
-                              run.tensor("v", steps=t, kind="bits"), t, hp, bf16=True)
+                              run.tensor("v", steps=t, kind="bits"), t, hp, bf16=True,
+                                  impl=run.config["optim"].get("impl", "foreach"))
         out.append(np.linalg.norm(r.intended.astype(np.float64) / -hp.lr, axis=-1))
     return np.asarray(out)

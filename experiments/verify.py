@@ -1,8 +1,13 @@
 """Replay a recorded run with `adam.adamw_step` and compare every element of W, m, v at every step.
 
-A run is replayable when it recorded W, m, v and grad at consecutive steps (t − 1, t), trained with the
-foreach or single-tensor AdamW (the same arithmetic on CPU), in pure bf16 or fp32. The replay uses only the
-recording: W[t−1], m[t−1], v[t−1], grad[t], the step's lr and clip scale, and the config's β, ε, λ.
+A run is replayable when it recorded W, m, v and grad at consecutive steps (t − 1, t), in pure bf16, fp32
+or with fp32 master weights, with any AdamW implementation (single, foreach, fused). The replay uses only
+the recording: W[t−1], m[t−1], v[t−1], grad[t], the step's lr and clip scale, and the config's β, ε, λ,
+with the kernel laws of the machine that trained the run (recorded in the run file; probed here for older
+runs, see `experiments.laws`). Kernels that no law reproduces (the fused step, a library square root) are
+borrowed from this machine's torch, and the report says so. When the replay is not exact, the first
+mismatching step is taken apart: which tensor, which kernel's law would reproduce it, or whether the
+differences look like damaged data rather than arithmetic.
 Streams the recording in blocks of steps, so memory does not grow with the run's length.
 """
 
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments import adam
+from experiments import laws as kernel_laws
 from experiments.errors import DataError
 
 TENSORS = ("W", "m", "v")
@@ -40,6 +46,10 @@ class Verification:
     table: list[Mismatch]
     hyper: dict = field(default_factory=dict)  # hyper-parameters replaced for a negative control
     seconds: float = 0.0
+    impl: str = "foreach"
+    source: str = ""  # where the kernel laws came from
+    notes: list[str] = field(default_factory=list)  # borrowed kernels, machines that differ
+    explanation: list[str] = field(default_factory=list)  # the first mismatching step taken apart
 
     @property
     def exact(self) -> bool:
@@ -51,8 +61,9 @@ class Verification:
 
     def as_dict(self) -> dict:
         return {"run": self.run, "variant": self.variant, "steps": [self.steps[0], self.steps[-1]] if self.steps else [],
-                "laws": self.laws, "hyper": self.hyper, "exact": self.exact, "seconds": round(self.seconds, 3),
-                "table": [m.__dict__ for m in self.table]}
+                "impl": self.impl, "laws": self.laws, "laws_source": self.source, "notes": self.notes,
+                "hyper": self.hyper, "exact": self.exact, "seconds": round(self.seconds, 3),
+                "table": [m.__dict__ for m in self.table], "explanation": self.explanation}
 
 
 def _ordinal(x: np.ndarray, bf16: bool) -> np.ndarray:
@@ -75,10 +86,6 @@ def variant_of(run) -> str:
     if missing:
         raise DataError(f"{run.path.name}: cannot replay: it did not record {', '.join(missing)} "
                         f"(record.tensors must hold W, m, v and grad; e.g. the flannel-7 preset)")
-    impl = run.config["optim"].get("impl", "foreach")
-    if impl == "fused":
-        raise DataError(f"{run.path.name}: optim.impl fused computes AdamW in one float32 kernel; "
-                        "the replay models the foreach / single-tensor arithmetic")
     dtype = run.config["precision"]["dtype"]
     if dtype in MASTER and "master" not in run.available:
         raise DataError(f"{run.path.name}: precision {dtype}: the fp32 master weights are not recorded "
@@ -124,6 +131,32 @@ class _SRNoise:
         return noise
 
 
+def laws_of(run, bf16: bool, impl: str, laws: dict | None = None) -> tuple[dict, str, list[str]]:
+    """(kernel laws for the replay, where they came from, notes on borrowed kernels)."""
+    here = kernel_laws.current(bf16, impl)
+    rec = run.kernel_laws or {}
+    notes = []
+    if rec.get("laws") and rec.get("arith") == ("bf16" if bf16 else "fp32") and rec.get("impl") == impl:
+        base = dict(rec["laws"])
+        m = rec.get("machine", {})
+        source = (f"recorded by the training machine ({m.get('cpu', '?')}, ATen {m.get('aten_capability', '?')}, "
+                  f"torch {m.get('torch', '?')}{', ' + str(m.get('env')) if m.get('env') else ''})")
+    else:
+        base = dict(here)
+        source = "probed on this machine (the run file does not record its machine's kernel laws)"
+    for k, law in base.items():
+        if not str(law).startswith("library"):
+            continue
+        if here.get(k) == law:
+            notes.append(f"{k}: no law reproduces it; borrowed from this machine's torch ({law}, same "
+                         "fingerprint as the training machine)" if rec.get("laws") else
+                         f"{k}: no law reproduces it; borrowed from this machine's torch ({law})")
+        else:
+            notes.append(f"{k}: the training machine's library kernel ({law}) differs from this machine's "
+                         f"({here.get(k)}); borrowing this machine's, so mismatches in {k} are expected here")
+    return {**adam.LAWS, **base, **adam.normalise_laws(laws)}, source, notes
+
+
 def replay_pairs(run) -> list[int]:
     """Steps t ≥ 1 whose predecessor t − 1 was recorded too."""
     recorded = set(int(s) for s in run.steps)
@@ -142,6 +175,9 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
     variant = variant_of(run)
     bf16 = variant == "bf16"
     master = variant in MASTER
+    impl = run.config["optim"].get("impl", "foreach")
+    law, source, notes = laws_of(run, bf16, impl, laws)
+    explanation: list[str] = []
     hyper = dict(hyper or {})
     adam.hyper_of(run, 1, **hyper)  # unknown keys fail here, before any reading
     pairs = replay_pairs(run) if steps is None else steps
@@ -170,20 +206,79 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
                 hp = adam.hyper_of(run, t, **hyper)
                 g = adam.bf16_to_f32(grad[j]) if master else grad[j]  # master grads: the bf16 grad, upcast
                 out = adam.adamw_step(prev[theta][j], prev["m"][j], prev["v"][j], g, t, hp,
-                                      clip_scale=float(clip[t - 1]), bf16=bf16, laws=laws)
+                                      clip_scale=float(clip[t - 1]), bf16=bf16, laws=law, impl=impl)
                 got = {theta: out.W, "m": out.m, "v": out.v}
                 if master:  # the bf16 model weights are written from the master copy
                     got["W"] = (adam.f32_to_bf16(out.W) if noise is None
                                 else adam.stochastic_round(out.W, noise.at(t)))
-                for name in names:
-                    _tally(table[name], got[name], cur[name][j], t, bf16_of(name))
+                bad = [name for name in names if _tally(table[name], got[name], cur[name][j], t, bf16_of(name))]
+                if bad and not explanation:
+                    inputs = (prev[theta][j], prev["m"][j], prev["v"][j], g, t, hp, float(clip[t - 1]))
+                    want = {name: cur[name][j] for name in (theta, "m", "v")}
+                    explanation = explain(inputs, want, bad, bf16, impl, law, theta)
             bar.update(len(chunk))
-    return Verification(run=f"{run.name}-{run.key}", variant=variant, steps=list(pairs),
-                        laws={**adam.LAWS, **(laws or {})}, table=list(table.values()), hyper=hyper,
-                        seconds=time.perf_counter() - started)
+    return Verification(run=f"{run.name}-{run.key}", variant=variant, steps=list(pairs), laws=law,
+                        table=list(table.values()), hyper=hyper, seconds=time.perf_counter() - started,
+                        impl=impl, source=source, notes=notes, explanation=explanation)
 
 
-def _tally(m: Mismatch, got: np.ndarray, want: np.ndarray, t: int, bf16: bool) -> None:
+TERMS = {"lerp": "first moment", "beta2": "second moment (β₂·v)", "addcmul": "second moment ((1 − β₂)·g²)",
+         "sqrt": "denominator (√v)", "bias2": "denominator (bias correction)", "eps": "denominator (+ ε)",
+         "decay": "decay", "addcdiv": "step (θ + step·m / d)", "step": "fused step"}
+
+
+def _distance(got, want, bf16: bool) -> np.ndarray:
+    return np.abs(_ordinal(got, bf16) - _ordinal(want, bf16))
+
+
+def explain(inputs, want: dict, bad: list[str], bf16: bool, impl: str, law: dict, theta: str = "W") -> list[str]:
+    """Take the first mismatching step apart: per tensor how many elements and ULPs, whether the update
+    alone (from the recorded moments) differs, and which single kernel's other law would reproduce it."""
+    W, m, v, g, t, hp, clip = inputs
+    lines = []
+    for name in bad:
+        if name not in want:  # the bf16 W of a master run follows its master copy
+            continue
+        got = getattr(adam.adamw_step(W, m, v, g, t, hp, clip_scale=clip, bf16=bf16, laws=law, impl=impl),
+                      "W" if name == theta else name)
+        d = _distance(got, want[name], bf16)
+        term = {"m": "first moment", "v": "second moment"}.get(name, "update")
+        lines.append(f"step {t}: {name} ({term}) differs on {int(np.count_nonzero(d)):,} of {d.size:,} elements, "
+                     f"up to {int(d.max()):,} ULP")
+    if theta in bad and impl != "fused" and not {"m", "v"} & set(bad):
+        lines.append(f"step {t}: the recorded moments are reproduced, so the difference is in the update "
+                     "(decay, denominator or step)")
+    fixes = []
+    if impl != "fused":
+        for kname in kernel_laws.KERNELS:
+            for alt in (*kernel_laws.CANDIDATES[kname], "library"):
+                if alt == law.get(kname):
+                    continue
+                try:
+                    out = adam.adamw_step(W, m, v, g, t, hp, clip_scale=clip, bf16=bf16,
+                                          laws={**law, kname: alt}, impl=impl)
+                except (ValueError, RuntimeError):
+                    continue
+                got = {theta: out.W, "m": out.m, "v": out.v}
+                if all(np.array_equal(_ordinal(got[k], bf16), _ordinal(want[k], bf16)) for k in want):
+                    fixes.append(f"{kname} ({TERMS[kname]}): law {alt!r} reproduces step {t} exactly; the replay "
+                                 f"used {law.get(kname)!r}")
+    if fixes:
+        lines.extend(fixes)
+        return lines
+    worst = max((int(_distance(getattr(adam.adamw_step(W, m, v, g, t, hp, clip_scale=clip, bf16=bf16, laws=law,
+                                                         impl=impl), "W" if k == theta else k), want[k], bf16).max())
+                 for k in want), default=0)
+    if worst > 64:
+        lines.append(f"no kernel law explains it and the worst element is {worst:,} ULP off: this looks like "
+                     "damaged data (a changed bit in the recording), not arithmetic; check the run file")
+    else:
+        lines.append("no single kernel's law explains it: a different hyper-parameter or arithmetic than the "
+                     "run's config and this machine's kernels")
+    return lines
+
+
+def _tally(m: Mismatch, got: np.ndarray, want: np.ndarray, t: int, bf16: bool) -> bool:
     got_o, want_o = _ordinal(got, bf16), _ordinal(want, bf16)
     # a mismatch is any differing bit (+0 vs −0, NaN payloads included); the distance counts grid steps
     as_int = np.uint16 if bf16 else np.uint32
@@ -199,17 +294,21 @@ def _tally(m: Mismatch, got: np.ndarray, want: np.ndarray, t: int, bf16: bool) -
         values, counts = np.unique(np.minimum(dist[dist > 0], 1000), return_counts=True)
         for v, c in zip(values.tolist(), counts.tolist(), strict=True):
             m.ulp_histogram[v] = m.ulp_histogram.get(v, 0) + c
+    return bool(bad)
 
 
 def format_table(v: Verification) -> str:
-    lines = [f"replay of {v.run} ({v.variant}, steps {v.steps[0]}..{v.steps[-1]}, {len(v.steps)} steps, "
-             f"{v.elements:,} elements compared in {v.seconds:.1f} s)"]
-    changed = {k: x for k, x in v.laws.items() if adam.LAWS.get(k) != x} | v.hyper
+    lines = [f"replay of {v.run} ({v.variant}, impl {v.impl}, steps {v.steps[0]}..{v.steps[-1]}, "
+             f"{len(v.steps)} steps, {v.elements:,} elements compared in {v.seconds:.1f} s)",
+             f"kernel laws {v.source}: " + ", ".join(f"{k}={x}" for k, x in v.laws.items() if k not in adam.LAWS)]
+    lines += [f"  {n}" for n in v.notes]
+    changed = {k: x for k, x in v.laws.items() if k in adam.LAWS and adam.LAWS[k] != x} | v.hyper
     if changed:
         lines.append(f"changed from PyTorch's arithmetic and the run's config: {changed}")
     lines.append(f"{'tensor':<7} {'elements':>14} {'mismatches':>11} {'max ULPs':>9} {'first step':>10}")
     for m in v.table:
         first = "-" if m.first_step is None else str(m.first_step)
         lines.append(f"{m.tensor:<7} {m.elements:>14,} {m.count:>11,} {m.max_ulps:>9,} {first:>10}")
+    lines += [f"  {e}" for e in v.explanation]
     lines.append("bit-exact" if v.exact else "MISMATCH")
     return "\n".join(lines)

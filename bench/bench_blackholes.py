@@ -1,6 +1,6 @@
 """Benchmark the black-hole census and the lattice graph at Qwen3-4B scale. One command:
 
-    .venv/bin/python bench/bench_blackholes.py [--rows 151936] [--dim 2560] [--nodes 2000] [--skip-unique]
+    .venv/bin/python bench/bench_blackholes.py [--rows 151936] [--dim 2560] [--nodes 2000] [--skip-unique] [--cli-only]
 
 1. Census of a synthetic rows × dim bf16 matrix with the 13 planted Qwen3-4B black holes
    (814, 704, 306, …, 2; so the expected unique count is rows − 2,087), best of 3, against one
@@ -9,6 +9,13 @@
 3. Pairwise lattice L∞ + components + the component table on `nodes` unique vectors of `dim` dimensions
    shaped like the frozen smoke (each vector one to three single-cell hops from an earlier one).
 4. The whole frozen-smoke pipeline with that cloud planted in the big matrix.
+5. `lab blackholes` as a user runs it: the matrix saved by ``safetensors.torch.save_file`` as bf16
+   ``lm_head.weight``, the installed script in a fresh process (twice: the second run is the warm one; then
+   census only, ``--no-smoke``, as the full run's matrix also holds the 2,000-node cloud whose component table
+   costs what part 4 does); its own load and census seconds, the whole command's wall time and its peak RSS
+   (GNU time). Goals:
+   census ≤ 0.5 s, command ≤ 2 s, peak RSS ≤ 2× the tensor. The tensor is memory-mapped, so "load" only
+   parses the header and the census includes paging the file in.
 Results are printed and written to bench/results/blackholes.json (git-ignored).
 """
 
@@ -18,7 +25,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=2_560)
     ap.add_argument("--nodes", type=int, default=2_000)
     ap.add_argument("--skip-unique", action="store_true", help="skip the slow np.unique(axis=0) reference")
+    ap.add_argument("--cli-only", action="store_true", help="only part 5, the command in a fresh process")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     res: dict = {"rows": args.rows, "dim": args.dim, "nodes": args.nodes, "cpus": os.cpu_count(),
@@ -92,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     expected_unique = args.rows - sum(p - 1 for p in QWEN_POPULATIONS)
     print(f"synthetic {args.rows:,} × {args.dim:,} bf16 ({w.nbytes / 2**20:.0f} MiB) built in "
           f"{time.perf_counter() - t:.1f} s; expected unique {expected_unique:,}")
+    if args.cli_only:
+        res.update(cli_command(w, expected_unique))
+        return _write(res)
 
     t_census, c = best_of(lambda: blackholes.census(w))
     assert c.n_unique == expected_unique, (c.n_unique, expected_unique)
@@ -147,11 +160,75 @@ def main(argv: list[str] | None = None) -> int:
     print(f"frozen-smoke pipeline on the planted matrix: {t_smoke:.2f} s ({rep.selected_tokens:,} tokens, "
           f"{rep.nodes:,} nodes, {rep.edges:,} edges, {rep.components} components)")
 
+    res.update(cli_command(w, None))
+    return _write(res)
+
+
+def _write(res: dict) -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "blackholes.json").write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {out / 'blackholes.json'}")
     return 0
+
+
+def _run_child(cmd: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS bytes, stdout) of one command in a fresh process.
+
+    The peak comes from /usr/bin/time (GNU time's %M), which execs the command from its own small process:
+    a child forked straight from this benchmark (which holds the matrix and torch) would report our RSS as
+    its own, because Linux carries ru_maxrss across fork until exec. Without /usr/bin/time: psutil polling.
+    """
+    with tempfile.NamedTemporaryFile("r") as peak:
+        timer = ["/usr/bin/time", "-f", "%M", "-o", peak.name] if os.path.exists("/usr/bin/time") else []
+        t = time.perf_counter()
+        proc = subprocess.Popen(timer + cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        polled = 0
+        if not timer:
+            import psutil
+
+            child = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                try:
+                    polled = max(polled, child.memory_info().rss)
+                except psutil.Error:
+                    break
+                time.sleep(0.005)
+        out, err = proc.communicate()
+        wall = time.perf_counter() - t
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()}")
+        rss = int(peak.read().split()[-1]) * 1024 if timer else polled  # GNU time reports KiB
+    return wall, rss, out.decode()
+
+
+def cli_command(w: np.ndarray, expected_unique: int | None) -> dict:
+    """Part 5: `lab blackholes FILE --json` in a fresh process on the matrix written by safetensors.torch."""
+    import torch
+    from safetensors.torch import save_file
+
+    lab = Path(sys.executable).with_name("lab")
+    tensor_mb = w.nbytes / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        t = time.perf_counter()
+        save_file({"lm_head.weight": torch.from_numpy(w.view(np.int16)).view(torch.bfloat16)}, str(path))
+        print(f"\nsafetensors.torch.save_file: {path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - t:.1f} s")
+        runs = []
+        for label, extra in (("first", []), ("second", []), ("no-smoke", ["--no-smoke"])):
+            wall, rss, out = _run_child([str(lab), "blackholes", str(path), "--json", *extra])
+            j = json.loads(out)
+            if expected_unique is not None:
+                assert j["census"]["unique"] == expected_unique, j["census"]["unique"]
+            runs.append({"run": label, "load_s": j["seconds"]["load"], "census_s": j["seconds"]["census"],
+                         "command_s": round(wall, 3), "peak_rss_mb": round(rss / 1e6)})
+    print(f"lab blackholes on a {w.shape[0]:,} × {w.shape[1]:,} bf16 file ({tensor_mb:,.0f} MB tensor), fresh process:")
+    print(f"  {'run':<8} {'load s':>7} {'census s':>9} {'command s':>10} {'peak RSS MB':>12} {'RSS / tensor':>13}")
+    for r in runs:
+        print(f"  {r['run']:<8} {r['load_s']:>7.3f} {r['census_s']:>9.3f} {r['command_s']:>10.2f} "
+              f"{r['peak_rss_mb']:>12,} {r['peak_rss_mb'] / tensor_mb:>13.2f}")
+    print(f"  goals:   {'':>7} {'≤ 0.5':>9} {'≤ 2':>10} {2 * tensor_mb:>12,.0f} {'≤ 2':>13}")
+    return {"cli": runs, "tensor_mb": round(tensor_mb)}
 
 
 if __name__ == "__main__":

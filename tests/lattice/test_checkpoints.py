@@ -222,3 +222,51 @@ def test_real_run_file_through_recorder_and_run(tmp_path):
     whole = lifecycle(w, steps)
     assert np.array_equal(streamed.last_motion, whole.last_motion) and whole.last_motion.tolist() == [9, -1, 5]
     assert streamed.stillness == whole.stillness
+
+
+def test_pairing_gguf_and_safetensors(tmp_path):
+    from experiments.checkpoints import pairing
+
+    rng = np.random.default_rng(6)
+    emb, head = (rng.normal(size=(16, 64)) * 0.02).astype(np.float32), (rng.normal(size=(16, 64)) * 0.02).astype(np.float32)
+    _write_gguf(tmp_path / "untied.gguf", {"token_embd.weight": (emb, None), "output.weight": (head, None)})
+    p = pairing(tmp_path / "untied.gguf")
+    assert (p.embedding, p.unembedding, p.tied) == ("token_embd.weight", "output.weight", False)
+    assert p.role("output.weight") == "unembedding" and p.role("token_embd.weight") == "input embedding"
+    _write_gguf(tmp_path / "same.gguf", {"token_embd.weight": (emb, None), "output.weight": (emb.copy(), None)})
+    assert pairing(tmp_path / "same.gguf").tied and "bit-identical" in pairing(tmp_path / "same.gguf").reason
+    # only the very last element differs: not one matrix
+    late = emb.copy()
+    late[-1, -1] += 1
+    save_file({"model.embed_tokens.weight": emb, "lm_head.weight": late}, str(tmp_path / "late.safetensors"))
+    assert not pairing(tmp_path / "late.safetensors").tied
+    (tmp_path / "config.json").write_text('{"text_config": {"tie_word_embeddings": true}}')
+    assert pairing(tmp_path / "late.safetensors").reason == "config.json: tie_word_embeddings true"
+    assert pairing(tmp_path / "crucible-0123456789abcdef.h5") is None
+
+
+def test_resolve_keeps_local_paths_and_rejects_revision_on_them(tmp_path, monkeypatch):
+    from experiments.checkpoints import looks_like_repo_id, resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Org" / "Name").mkdir(parents=True)
+    assert resolve("Org/Name").resolve() == tmp_path / "Org" / "Name"  # a local folder wins over the cache
+    with pytest.raises(CheckpointError, match="--revision applies to a Hugging Face repo id"):
+        resolve("Org/Name", revision="main")
+    assert looks_like_repo_id("Qwen/Qwen3-4B") and not looks_like_repo_id("dir/model.safetensors")
+    assert not looks_like_repo_id("/abs/path") and not looks_like_repo_id("a/b/c")
+
+
+def test_malformed_safetensors_headers(tmp_path):
+    p = tmp_path / "m.safetensors"
+    header = b'{"lm_head.weight": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 6]}}'
+    p.write_bytes(len(header).to_bytes(8, "little") + header + bytes(6))
+    with pytest.raises(CheckpointError, match=r"'lm_head.weight' holds 6 bytes but BF16 2 × 2 needs 8"):
+        load_matrix(p)
+    header = b'{"lm_head.weight": {"dtype": "BF16", "shape": [2, 2]}}'
+    p.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match="malformed header entry 'lm_head.weight'"):
+        load_matrix(p)
+    p.write_bytes((10**9).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="header length 1,000,000,000 does not fit"):
+        load_matrix(p)

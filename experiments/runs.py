@@ -122,14 +122,15 @@ def _live_step(name: str) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def _heartbeat(name: str, key: str, steps: int):
+def _heartbeat(name: str, steps: int):
     """Append {"t", "run", "key", "state", "step", "steps", "elapsed"} to $LAB_PROGRESS every HEARTBEAT s.
 
-    `state` is "waiting" (for the key lock or a training slot) or "training"; `step` is null when no bar
-    counts the steps (inside a document, where bars are disabled). Yields a dict whose "state" the caller sets.
+    `state` is "preparing" (corpus and tokenizer, key still null), "waiting" (for the key lock or a training
+    slot) or "training"; `step` is null when no bar counts the steps (inside a document, where bars are
+    disabled). Yields a dict whose "state" and "key" the caller sets.
     """
     path = os.environ.get("LAB_PROGRESS")
-    status = {"state": "waiting"}
+    status = {"state": "preparing", "key": None}
     if not path:
         yield status
         return
@@ -139,7 +140,7 @@ def _heartbeat(name: str, key: str, steps: int):
     def beat() -> None:
         while True:
             live = _live_step(name) if status["state"] == "training" else None
-            line = {"t": round(time.time(), 3), "run": name, "key": key, "state": status["state"],
+            line = {"t": round(time.time(), 3), "run": name, "key": status["key"], "state": status["state"],
                     "step": live[0] if live else None, "steps": steps,
                     "elapsed": round(time.monotonic() - started, 3)}
             try:
@@ -236,13 +237,15 @@ def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:
     progress = progress and not _quiet()
     store = store_dir()
     store.mkdir(parents=True, exist_ok=True)
-    prepared = _prepare(cfg, store)
-    key, parts = compute_key(cfg, prepared)
-    final = store / f"{cfg['name']}-{key}.h5"
-    if final.exists():
-        return Run(final), 0.0
     started = time.monotonic()
-    with _heartbeat(cfg["name"], key, int(cfg["train"]["steps"])) as beat:
+    # the heartbeat covers preparing the data too: on a fresh store that alone takes a while
+    with _heartbeat(cfg["name"], int(cfg["train"]["steps"])) as beat:
+        prepared = _prepare(cfg, store)
+        key, parts = compute_key(cfg, prepared)
+        final = store / f"{cfg['name']}-{key}.h5"
+        if final.exists():
+            return Run(final), 0.0
+        beat.update(state="waiting", key=key)
         with FileLock(str(store / f"{key}.lock")):
             if final.exists():  # another process trained it while we waited
                 return Run(final), time.monotonic() - started

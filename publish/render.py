@@ -99,8 +99,9 @@ def time_report(pages: list, planned: float, site_seconds: float, total: float) 
     executed = [p for p in pages if p.status == "executed"]
     if not executed and not planned:
         return []
-    width = max([len(p.doc.rel) for p in executed] + [len("planned training")])
-    lines = [f"{'where the time went (s)':<{width + 2}} {'training':>9} {'analyses':>9} {'rendering':>9}"]
+    title = "where the time went (s)"
+    width = max([len(p.doc.rel) for p in executed] + [len("planned training"), len(title) - 2])
+    lines = [f"{title:<{width + 2}} {'training':>9} {'analyses':>9} {'rendering':>9}"]
     if planned:
         lines.append(f"  {'planned training':<{width}} {planned:>9.1f} {'':>9} {'':>9}")
     for p in executed:

@@ -234,7 +234,7 @@ def test_render_only_named_documents(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("breakage", ["raising chunk", "broken link", "bad date", "unknown option"])
-def test_bad_input_fails_and_leaves_the_site_untouched(tmp_path, capsys, monkeypatch, breakage):
+def test_bad_input_fails_and_strict_leaves_the_site_untouched(tmp_path, capsys, monkeypatch, breakage):
     root = copy_fixture(tmp_path)
     monkeypatch.setenv("LAB_STORE", str(root / "store"))
     assert render(root, jobs=2) == 0
@@ -253,7 +253,7 @@ def test_bad_input_fails_and_leaves_the_site_untouched(tmp_path, capsys, monkeyp
         text = text.replace("#| echo: false", "#| echo: false\n#| colour: blue")
     entry.write_text(text)
 
-    assert render(root, jobs=2) != 0
+    assert render(root, jobs=2, strict=True) != 0  # all or nothing (without --strict, see test_cold.py)
     captured = capsys.readouterr()
     err = captured.err + captured.out
     assert "log/2026-11-20-0930-first-look.qmd" in err

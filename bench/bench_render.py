@@ -4,15 +4,23 @@
     python bench/bench_render.py --root .      # also: no-change renders of a real project, in place
     python bench/bench_render.py --root . --cold 'lore/the-*' lore/lifecycle.qmd
                                                # also: those pages executed cold, their runs cached
+    python bench/bench_render.py --root . --cold
+                                               # every page executed cold, runs cached
+    LAB_SMOKE=1 python bench/bench_render.py --root . --cold-store
+                                               # a fresh clone: the project's sources copied, empty store,
+                                               # plan trained, every page executed
 
-Each render runs as `python -m publish render` in a fresh interpreter, as a user would start it, so
-import time is included. Goal: a no-change render in <= 3 s.
+Each render runs as `lab render` in a fresh interpreter, as a user would start it, so import time is
+included. Cold renders also report where the time went (the render's own `time:` line): total,
+training (planned + inside documents, from the run log), analyses, rendering (pages + site build).
+Goal: a no-change render in <= 3 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "notebook"  # 2 log entries, 2 lore pages, figures, math, links
 STAMP = ".lab-build"
+LAB = Path(sys.executable).with_name("lab")  # the installed command: it trains the plan (publish alone cannot)
+BREAKDOWN = re.compile(r"^time: total ([\d.]+) s, training ([\d.]+) s, analyses ([\d.]+) s, rendering ([\d.]+) s$",
+                       re.M)
 
 
 def write_project(dest: Path) -> Path:
@@ -30,17 +41,27 @@ def write_project(dest: Path) -> Path:
     return dest
 
 
-def timed_render(root: Path, *args: str, env: dict | None = None) -> tuple[float, str]:
+def timed_render(root: Path, *args: str, env: dict | None = None, breakdown: list | None = None) -> tuple[float, str]:
+    """Seconds and summary line of one render; `breakdown` receives (total, training, analyses, rendering)."""
     env = {**os.environ, **(env or {}),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [str(LAB)] if LAB.exists() else [sys.executable, "-m", "lab"]
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "publish", "render", "--root", str(root), *args],
+    done = subprocess.run([*command, "render", "--root", str(root), "--strict", *args],
                           env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"render failed in {root}:\n{done.stdout}\n{done.stderr}")
     summary = next((line for line in done.stdout.splitlines() if " document" in line and " executed, " in line), "")
+    m = BREAKDOWN.search(done.stdout)
+    if breakdown is not None and m:
+        breakdown.extend(float(x) for x in m.groups())
     return seconds, summary
+
+
+def breakdown_rows(project: str, what: str, parts: list, rows: list) -> None:
+    for name, value in zip(("total", "training", "analyses", "rendering"), parts, strict=False):
+        rows.append((project, f"{what}: {name}", value, ""))
 
 
 def bench_fixture(rows: list) -> None:
@@ -48,8 +69,10 @@ def bench_fixture(rows: list) -> None:
         one = write_project(Path(tmp) / "j1")
         two = write_project(Path(tmp) / "j2")
         env1, env2 = {"LAB_STORE": str(one / "store")}, {"LAB_STORE": str(two / "store")}
-        t1, s1 = timed_render(one, "-j", "1", env=env1)
+        parts: list = []
+        t1, s1 = timed_render(one, "-j", "1", env=env1, breakdown=parts)
         rows.append(("fixture", "cold render -j1", t1, s1))
+        breakdown_rows("fixture", "cold -j1", parts, rows)
         t2, s2 = timed_render(two, "-j", "2", env=env2)
         rows.append(("fixture", "cold render -j2", t2, s2))
         rows.append(("fixture", "speed-up -j2 vs -j1", t1 / t2, "x (ratio, not seconds)"))
@@ -64,7 +87,7 @@ def bench_fixture(rows: list) -> None:
         rows.append(("fixture", "after editing one entry", t, s))
 
 
-def bench_root(root: Path, rows: list, cold: list[str]) -> None:
+def bench_root(root: Path, rows: list, cold: list[str] | None, cold_store: bool) -> None:
     t, s = timed_render(root)
     rows.append((root.name, "first render (may execute)", t, s))
     t, s = timed_render(root)
@@ -74,26 +97,45 @@ def bench_root(root: Path, rows: list, cold: list[str]) -> None:
         stamp.unlink()
     t, s = timed_render(root)
     rows.append((root.name, "no-change, site rebuilt", t, s))
-    if cold:
-        # re-execute the chosen pages from scratch; the runs they use are already in the store
-        t, s = timed_render(root, "--force", *cold, "-j", "1")
+    if cold is not None:
+        # re-execute the chosen pages (all without patterns) from scratch; their runs are in the store
+        parts: list = []
+        t, s = timed_render(root, "--force", *(cold or ["*"]), "-j", "1", breakdown=parts)
         rows.append((root.name, "cold pages, runs cached", t, s))
+        breakdown_rows(root.name, "cold", parts, rows)
+    if cold_store:
+        bench_cold_store(root, rows)
+
+
+def bench_cold_store(root: Path, rows: list) -> None:
+    """A fresh clone: the sources (and the committed plan) copied into a temp root, an empty store."""
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+        copy = Path(tmp) / root.name
+        shutil.copytree(root, copy, ignore=shutil.ignore_patterns(
+            "site", ".lab", "store", "__pycache__", ".git", ".venv", "test-artifacts", "*.egg-info"))
+        parts: list = []
+        t, s = timed_render(copy, env={"LAB_STORE": str(Path(tmp) / "store")}, breakdown=parts)
+        rows.append((root.name, "cold build, empty store", t, s))
+        breakdown_rows(root.name, "empty store", parts, rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="also time renders of this project (renders it in place)")
-    parser.add_argument("--cold", nargs="+", default=[], metavar="PATTERN",
-                        help="with --root: also time executing these sources from scratch (runs cached)")
+    parser.add_argument("--cold", nargs="*", default=None, metavar="PATTERN",
+                        help="with --root: also time executing these sources (all without patterns) from scratch, "
+                             "runs cached, with the time breakdown")
+    parser.add_argument("--cold-store", action="store_true",
+                        help="with --root: also time a fresh clone's build (copied sources, empty store)")
     args = parser.parse_args()
     rows: list = []
     bench_fixture(rows)
     if args.root:
-        bench_root(args.root.resolve(), rows, args.cold)
-    print(f"{'project':<12} {'measurement':<28} {'value':>8}  summary")
+        bench_root(args.root.resolve(), rows, args.cold, args.cold_store)
+    print(f"{'project':<12} {'measurement':<30} {'value':>8}  summary")
     for project, what, value, summary in rows:
         unit = "" if "speed-up" in what else " s"
-        print(f"{project:<12} {what:<28} {value:>6.2f}{unit:<2}  {summary}")
+        print(f"{project:<12} {what:<30} {value:>6.2f}{unit:<2}  {summary}")
     return 0
 
 

@@ -94,12 +94,14 @@ def _request(name_or_config: str | dict, overrides: dict) -> dict:
     return {**head, "overrides": dict(overrides)} if overrides else head
 
 
-def _log(run: Run, request: dict | None = None, train_seconds: float = 0.0) -> None:
+def _log(run: Run, request: dict | None = None, train_seconds: float = 0.0, sweep: dict | None = None) -> None:
     log = os.environ.get("LAB_RUN_LOG")
     if log:
         line = {"name": run.name, "key": run.key, "path": str(run.path), "train_seconds": round(train_seconds, 3)}
         if request is not None:
             line["request"] = request
+        if sweep is not None:  # the sweep call this member came from: its members differ per profile
+            line["sweep"] = sweep
         # one write of one line: parallel writers append whole lines (O_APPEND)
         with open(log, "a") as f:
             f.write(json.dumps(line, default=str) + "\n")
@@ -329,8 +331,9 @@ def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **ov
             done = [f.result() for f in tqdm(futures, desc=f"sweep {cfg['name']}", disable=not progress or _quiet())]
         obtained = [(Run(p), seconds) for p, seconds in done]
     requests = _member_requests(name_or_config, cfg, overrides)
+    call = {"sweep": name_or_config, **({"overrides": dict(overrides)} if overrides else {})}
     for (r, seconds), request in zip(obtained, requests, strict=True):
-        _log(r, request, seconds)
+        _log(r, request, seconds, sweep=call)
     return [r for r, _ in obtained]
 
 
@@ -341,6 +344,22 @@ def _fmt_minutes(seconds: float) -> str:
     if seconds < 90:
         return f"{max(1, round(seconds))} s"
     return f"{round(seconds / 60)} min"
+
+
+def _expand(request: dict) -> list[dict]:
+    """A plan request as single-run requests: a sweep ({"sweep": preset, "overrides"}) becomes its members
+    under the current profile (the smoke profile keeps fewer of them)."""
+    if not isinstance(request, dict):
+        raise ConfigError(f"not a run request: {request!r}")
+    overrides = request.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"overrides of {request!r} are not a mapping")
+    if "sweep" not in request:
+        return [request]
+    if not isinstance(request["sweep"], (str, dict)):
+        raise ConfigError(f"not a run request: {request!r}")
+    cfg = resolve(request["sweep"], **overrides)
+    return _member_requests(request["sweep"], cfg, overrides)
 
 
 def _resolve_request(request: dict) -> tuple[dict, str, Path]:
@@ -370,7 +389,8 @@ def _plan_child() -> None:
 
 
 def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
-    """Train the runs of `requests` ({"name" or "config", "overrides"}) the store lacks, `jobs` at a time.
+    """Train the runs of `requests` ({"name" or "config" or "sweep", "overrides"}) the store lacks, `jobs`
+    at a time.
 
     Each run trains in its own process (`run`, so the key lock and the training slots hold as everywhere);
     its steps come back through $LAB_PROGRESS heartbeats and drive one bar per run plus an overall bar whose
@@ -382,7 +402,13 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
     started = time.monotonic()
     missing: dict[str, tuple[dict, dict]] = {}  # key -> (request, cfg)
     stored, skipped = set(), []
+    singles = []
     for request in requests:
+        try:
+            singles.extend(_expand(request))
+        except (ConfigError, DataError) as e:
+            skipped.append(f"{request!r}: {e}")
+    for request in singles:
         try:
             cfg, key, final = _resolve_request(request)
         except (ConfigError, DataError) as e:
@@ -397,6 +423,8 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
     for note in skipped:
         print(f"plan: skipped a stale entry, {note}", file=out, flush=True)
     if not missing:
+        if stored:
+            print(f"plan: all {len(stored)} runs are in the store", file=out, flush=True)
         summary["seconds"] = time.monotonic() - started
         return summary
     total_steps = sum(int(cfg["train"]["steps"]) for _, cfg in missing.values())

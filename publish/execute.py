@@ -343,8 +343,9 @@ def _read_run_log(path: Path) -> list[dict]:
         seconds = entry.get("train_seconds")
         if isinstance(seconds, (int, float)):
             run["train_seconds"] = round(run["train_seconds"] + float(seconds), 3)
-        if isinstance(entry.get("request"), dict) and "request" not in run:
-            run["request"] = entry["request"]
+        for extra in ("request", "sweep"):  # the call that fetches it again (publish.plan)
+            if isinstance(entry.get(extra), dict) and extra not in run:
+                run[extra] = entry[extra]
     return list(unique.values())
 
 

@@ -1,8 +1,9 @@
 """The run plan `_runs.yml`: which runs each document requested when it last executed (committed, like `_freeze`).
 
 `lab render` rewrites it after executing documents, from the run log the document cache recorded
-(`{"name" or "config", "overrides"}` per run: the call, not the key, so an entry stays valid under another
-profile (LAB_SMOKE) or after a change of the training code). Before executing documents, `lab render` asks
+(`{"name" or "config", "overrides"}` per run, `{"sweep", "overrides"}` for the members of a sweep: the
+call, not the key, so an entry stays valid under another profile (LAB_SMOKE, which keeps fewer sweep
+members) or after a change of the training code). Before executing documents, `lab render` asks
 for the requests of the documents about to execute and has `experiments` train the missing ones first, with
 progress bars and an ETA (lab/cli.py passes that trainer in: publish never imports experiments). A stale
 entry is harmless: at worst a run is trained that no document uses any more, and a document that needs a
@@ -39,7 +40,8 @@ def plan_path(root: Path | str) -> Path:
 def _valid(request) -> bool:
     if not isinstance(request, dict):
         return False
-    head = isinstance(request.get("name"), str) or isinstance(request.get("config"), dict)
+    head = (isinstance(request.get("name"), str) or isinstance(request.get("config"), dict)
+            or isinstance(request.get("sweep"), (str, dict)))
     return head and isinstance(request.get("overrides", {}), dict)
 
 
@@ -88,7 +90,8 @@ def recorded_requests(doc: Document) -> list[dict] | None:
     runs = record.get("runs") or []
     if any(not _valid(r.get("request")) for r in runs):
         return None
-    return _unique(r["request"] for r in runs)
+    # a sweep is planned as the sweep call, not its members: the members differ between profiles
+    return _unique(r["sweep"] if _valid(r.get("sweep")) else r["request"] for r in runs)
 
 
 def requests_for(root: Path | str, docs: list[Document]) -> list[dict]:

@@ -500,14 +500,15 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
                     r["err"].close()
                     running.pop(key)
                 elapsed = time.monotonic() - t0
-                if done_steps and measured_at is None and (elapsed > 10 or done_steps >= 0.05 * total_steps):
+                finished = trained + len(failed)
+                if done_steps and measured_at is None and (finished or elapsed > 60):
                     measured_at = elapsed
-                    left = (total_steps - done_steps) * elapsed / done_steps
+                    left = _eta(elapsed, done_steps, total_steps, finished, len(todo))
                     tqdm.write(f"training {len(todo)} runs, about {_fmt_minutes(left)} left", file=out)
                     out.flush()
                 elif not tty and time.monotonic() - last_line > 30 and done_steps:
                     # no bars in a log: a line every 30 s instead
-                    left = (total_steps - done_steps) * elapsed / done_steps
+                    left = _eta(elapsed, done_steps, total_steps, finished, len(todo))
                     print(f"training: {trained} of {len(todo)} runs done, {done_steps:,}/{total_steps:,} steps, "
                           f"about {_fmt_minutes(left)} left", file=out, flush=True)
                     last_line = time.monotonic()
@@ -529,6 +530,15 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
         finally:
             overall.close()
     return trained, failed
+
+
+def _eta(elapsed: float, done_steps: int, total_steps: int, finished: int, runs: int) -> float:
+    """Seconds left: the remaining steps at the measured rate, but never less than the remaining runs at
+    the measured time per run (each run also starts a process and loads its data: that dominates small
+    runs, like the smoke profile's)."""
+    by_steps = (total_steps - done_steps) * elapsed / done_steps if done_steps else 0.0
+    by_runs = (runs - finished) * elapsed / finished if finished else 0.0
+    return max(by_steps, by_runs)
 
 
 def _last_progress(r: dict) -> tuple[int | None, str | None]:

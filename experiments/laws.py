@@ -45,7 +45,7 @@ from experiments.lattice import from_float32, to_float32
 F32 = np.float32
 IMPLS = ("single", "foreach", "fused")
 KERNELS = ("decay", "lerp", "beta2", "addcmul", "sqrt", "bias2", "eps", "addcdiv")
-PROBE_VERSION = 1  # bump when the probe suite or the candidates change
+PROBE_VERSION = 3  # bump when the probe suite or the candidates change
 
 # Candidate laws per kernel, most specific first. "f32": a Python scalar enters the kernel as float32;
 # "dtype": it is first rounded to the tensor's dtype (what foreach's scalar overloads do to bf16 tensors).
@@ -109,8 +109,9 @@ def kernel(name: str, law: str, bf16: bool, impl: str, *args):
         return x * scalar(s, law, bf16)
     if name == "lerp":
         m, g, w = args
-        if law == "unfused":
-            return m + F32(w) * (g - m)
+        if law == "unfused":  # the same two branches, multiply and add rounded separately
+            w32 = F32(w)
+            return m + w32 * (g - m) if abs(float(w32)) < 0.5 else g - (g - m) * (F32(1) - w32)
         w32 = scalar(w, "dtype" if law == "fma-dtype" else "f32", bf16)
         # torch's lerp: a + w·(b − a) for |w| < 0.5, else b − (1 − w)·(b − a), each one fused multiply-add
         if abs(float(w32)) < 0.5:
@@ -231,7 +232,11 @@ def _probe_cases(name: str, bf16: bool):
         for n in _SIZES if name == "sqrt" else _SIZES[:-1]:  # the long vector (MKL's path) for sqrt only
             W = rnd(_inputs(rng, n, 0.5), bf16)
             m, g = rnd(_inputs(rng, n, 1e-3), bf16), rnd(_inputs(rng, n, 1e-2), bf16)
-            v = rnd(_inputs(rng, n, 1e-5, positive=True), bf16)
+            v = _inputs(rng, n, 1e-5, positive=True)
+            if name == "addcmul":  # half the rows where v and (1 − β₂)·g² are alike: fused and not differ there
+                like = (F32(s) * g * g * F32(10.0) ** rng.uniform(-1, 1, n).astype(F32)).astype(F32)
+                v = np.where(rng.random(n) < 0.5, like, v)
+            v = rnd(v, bf16)
             d = rnd(_inputs(rng, n, 1e-3, positive=True) + F32(1e-9), bf16)
             yield {"decay": (W, s), "lerp": (m, g, s), "beta2": (v, s), "addcmul": (v, g, s), "sqrt": (v,),
                    "bias2": (d, s), "eps": (d, s), "addcdiv": (W, m, d, s)}[name]

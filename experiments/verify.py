@@ -215,7 +215,7 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
                 if bad and not explanation:
                     inputs = (prev[theta][j], prev["m"][j], prev["v"][j], g, t, hp, float(clip[t - 1]))
                     want = {name: cur[name][j] for name in (theta, "m", "v")}
-                    explanation = explain(inputs, want, bad, bf16, impl, law, theta)
+                    explanation = explain(inputs, want, bad, bf16, impl, law, theta, replaced=hyper)
             bar.update(len(chunk))
     return Verification(run=f"{run.name}-{run.key}", variant=variant, steps=list(pairs), laws=law,
                         table=list(table.values()), hyper=hyper, seconds=time.perf_counter() - started,
@@ -231,7 +231,8 @@ def _distance(got, want, bf16: bool) -> np.ndarray:
     return np.abs(_ordinal(got, bf16) - _ordinal(want, bf16))
 
 
-def explain(inputs, want: dict, bad: list[str], bf16: bool, impl: str, law: dict, theta: str = "W") -> list[str]:
+def explain(inputs, want: dict, bad: list[str], bf16: bool, impl: str, law: dict, theta: str = "W",
+            replaced: dict | None = None) -> list[str]:
     """Take the first mismatching step apart: per tensor how many elements and ULPs, whether the update
     alone (from the recorded moments) differs, and which single kernel's other law would reproduce it."""
     W, m, v, g, t, hp, clip = inputs
@@ -249,7 +250,7 @@ def explain(inputs, want: dict, bad: list[str], bf16: bool, impl: str, law: dict
         lines.append(f"step {t}: the recorded moments are reproduced, so the difference is in the update "
                      "(decay, denominator or step)")
     fixes = []
-    if impl != "fused":
+    if impl != "fused" and not replaced:
         for kname in kernel_laws.KERNELS:
             for alt in (*kernel_laws.CANDIDATES[kname], "library"):
                 if alt == law.get(kname):
@@ -266,12 +267,17 @@ def explain(inputs, want: dict, bad: list[str], bf16: bool, impl: str, law: dict
     if fixes:
         lines.extend(fixes)
         return lines
-    worst = max((int(_distance(getattr(adam.adamw_step(W, m, v, g, t, hp, clip_scale=clip, bf16=bf16, laws=law,
-                                                         impl=impl), "W" if k == theta else k), want[k], bf16).max())
-                 for k in want), default=0)
-    if worst > 64:
-        lines.append(f"no kernel law explains it and the worst element is {worst:,} ULP off: this looks like "
-                     "damaged data (a changed bit in the recording), not arithmetic; check the run file")
+    out = adam.adamw_step(W, m, v, g, t, hp, clip_scale=clip, bf16=bf16, laws=law, impl=impl)
+    dists = [_distance(getattr(out, "W" if k == theta else k), want[k], bf16) for k in want]
+    worst = max(int(d.max()) for d in dists)
+    share = max(np.count_nonzero(d) / d.size for d in dists)
+    if replaced:
+        lines.append(f"hyper-parameters replaced for this replay ({replaced}): mismatches are expected")
+    elif worst > 64 and share <= 0.01:
+        # arithmetic gaps touch many elements by a few ULP; a damaged file, a few elements by a lot
+        lines.append(f"no kernel law explains it, and {share:.2%} of the elements differ, by up to {worst:,} ULP: "
+                     "this looks like damaged data (a changed bit in the recording), not arithmetic; "
+                     "check the run file")
     else:
         lines.append("no single kernel's law explains it: a different hyper-parameter or arithmetic than the "
                      "run's config and this machine's kernels")

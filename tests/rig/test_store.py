@@ -31,7 +31,10 @@ def test_second_call_trains_nothing_and_run_log_lists_runs(store, tiny, monkeypa
     again = experiments.run(tiny(), progress=False)
     assert again.path == first.path
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert lines == [{"name": "tiny", "key": first.key, "path": str(first.path)}] * 2
+    assert [{k: x[k] for k in ("name", "key", "path")} for x in lines] == \
+        [{"name": "tiny", "key": first.key, "path": str(first.path)}] * 2
+    assert lines[0]["train_seconds"] > 0 and lines[1]["train_seconds"] == 0  # the second call trained nothing
+    assert lines[0]["request"] == lines[1]["request"] and "config" in lines[0]["request"]
     with h5py.File(first.path, "r") as f:
         a = f.attrs
         assert (a["schema"], a["complete"], a["steps_total"], a["steps_recorded"]) == (1, 1, 12, 13)

@@ -49,6 +49,7 @@ _FORMAT_KEYS = ("code-fold", "code-summary")
 _EXCLUDED_PARTS = ("__pycache__",)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _REPORT_MARK = "__lab_report__"
+_AST_LOCK = threading.Lock()
 
 
 class ExecutionError(Exception):
@@ -176,7 +177,10 @@ def _parse_python(text: str) -> ast.Module | None:
     # IPython magics and shell escapes are not Python; blank them so the rest still parses
     cleaned = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in text.splitlines())
     try:
-        return ast.parse(cleaned)
+        # one parse at a time: CPython 3.11's AST constructor is not thread-safe (documents execute in
+        # threads; two parses at once raised "SystemError: AST constructor recursion depth mismatch")
+        with _AST_LOCK:
+            return ast.parse(cleaned)
     except SyntaxError:
         return None
 

@@ -341,7 +341,7 @@ def build_pages(
         except (ExecutionError, SourceError, OSError) as e:
             return _failed(doc, e, time.monotonic() - started, sources, project)
         except Exception as e:  # a bug of ours must fail this page, not the whole render
-            error = f"{doc.path}: internal error after execution: {type(e).__name__}: {e}"
+            error = f"{doc.path}: internal error: {type(e).__name__}: {e}"
             return _failed(doc, RuntimeError(error), time.monotonic() - started, sources, project)
 
     pending = list(stale)

@@ -13,7 +13,9 @@ Sections (see DEFAULTS for every key and its default):
                         bf16 model by round-to-nearest-even or stochastic rounding seeded by sr_seed).
                         The shorthand `precision: bf16` is accepted.
   optim              -- AdamW lr, betas, eps, weight_decay; schedule constant | linear (HF Trainer default:
-                        linear decay to 0 over train.steps, no warmup); clip null | max grad norm;
+                        linear decay to 0 over train.steps) | cosine (half a cosine down to
+                        min_lr_ratio·lr, as the published pre-training recipes do), after `warmup` steps of
+                        linear warm-up from 0 (HF's get_*_schedule_with_warmup); clip null | max grad norm;
                         impl foreach | single | fused (pinned, never left to torch's heuristics)
   train              -- steps, batch_size, seq_len (tokens per window; loss on seq_len-1 positions),
                         init_seed, data_seed, dataset sliding (every start offset) | chunks (non-overlapping,
@@ -51,7 +53,7 @@ from experiments.tokenizer import DEFAULT_TOKENIZER, validate_tokenizer_config
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 PRECISIONS = ("bf16", "fp32", "fp32-master-rne", "fp32-master-sr")
-SCHEDULES = ("constant", "linear")
+SCHEDULES = ("constant", "linear", "cosine")
 IMPLS = ("foreach", "single", "fused")
 DATASETS = ("sliding", "chunks")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -67,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
               "init_std": 0.02},
     "precision": {"dtype": "bf16", "sr_seed": 0},
     "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant",
-              "clip": None, "impl": "foreach"},
+              "warmup": 0, "min_lr_ratio": 0.0, "clip": None, "impl": "foreach"},
     "train": {"steps": 1000, "batch_size": 32, "seq_len": 128, "init_seed": 42, "data_seed": 42,
               "dataset": "sliding", "device": "auto", "threads": 2},
     "record": {"rows": "dead", "steps": "all", "tensors": ["W"]},
@@ -336,6 +338,10 @@ def validate(cfg: dict, origins: dict | None = None) -> None:
         fail("optim.betas", f"must be two numbers in [0, 1), got {o['betas']!r}")
     o["betas"] = [float(b) for b in o["betas"]]
     choice("optim", "schedule", SCHEDULES)
+    num("optim", "warmup", integer=True, low=0, strict=False)
+    num("optim", "min_lr_ratio", low=0, strict=False)
+    if o["min_lr_ratio"] > 1:
+        fail("optim.min_lr_ratio", f"must be a fraction of lr in [0, 1], got {o['min_lr_ratio']!r}")
     if o["clip"] is not None:
         num("optim", "clip", low=0)
     choice("optim", "impl", IMPLS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import platform
 import time
@@ -137,6 +138,21 @@ def _stochastic_round_(dst, src, gen) -> None:
     dst.copy_(bits.view(torch.float32))  # exact: the low 16 bits are zero
 
 
+def lr_at(o_cfg: dict, step: int, steps: int) -> float:
+    """The learning rate of optimizer step `step` (1-based) of `steps`, as HF Trainer's schedulers give it
+    (get_constant / get_linear / get_cosine_with_min_lr _schedule_with_warmup, evaluated at step − 1)."""
+    lr, warmup, current = o_cfg["lr"], o_cfg.get("warmup", 0), step - 1
+    if current < warmup:
+        return lr * (float(current) / float(max(1, warmup)))
+    if o_cfg["schedule"] == "constant":
+        return lr
+    if o_cfg["schedule"] == "linear":
+        return lr * max(0.0, float(steps - current) / float(max(1, steps - warmup)))
+    progress = float(current - warmup) / float(max(1, steps - warmup))
+    floor = o_cfg.get("min_lr_ratio", 0.0)
+    return lr * (max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))) * (1 - floor) + floor)
+
+
 def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress: bool = True) -> dict:
     """Train `cfg` (resolved, device fixed) on `prepared` data, recording into `path`.
 
@@ -254,8 +270,7 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                     buf_clip.append(scale.detach().float())
                 else:
                     buf_clip.append(torch.ones((), device=device))
-                lr = o_cfg["lr"] if o_cfg["schedule"] == "constant" else \
-                    o_cfg["lr"] * max(0.0, float(S - (step - 1)) / float(max(1, S)))  # HF linear, no warmup
+                lr = lr_at(o_cfg, step, S)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.step()

@@ -56,7 +56,7 @@ def test_overrides_dotted_alias_and_sweep_fixing():
     ({"train.steps": 2.5}, "train.steps"),
     ({"train.seq_len": 4096}, "train.seq_len"),
     ({"train.dataset": "random"}, "train.dataset"),
-    ({"optim.schedule": "cosine"}, "optim.schedule"),
+    ({"optim.schedule": "cosinus"}, "optim.schedule"),
     ({"optim.impl": "auto"}, "optim.impl"),
     ({"optim.betas": [0.9]}, "optim.betas"),
     ({"precision": "fp16"}, "precision.dtype"),

@@ -31,7 +31,8 @@ recipes = st.fixed_dictionaries({
     "lr": _log_uniform(1e-4, 3e-2),
     "weight_decay": st.one_of(st.just(0.0), st.sampled_from([0.1, 0.01]), st.floats(0.0, 0.5)),
     "clip": st.one_of(st.none(), st.sampled_from([1.0, 0.05]), _log_uniform(1e-3, 2.0)),
-    "schedule": st.sampled_from(["constant", "linear"]),
+    "schedule": st.sampled_from(["constant", "linear", "cosine"]),
+    "warmup": st.sampled_from([0, 0, 2]),
     "impl": st.sampled_from(["single", "foreach", "fused"]),
     "precision": st.sampled_from(["bf16", "fp32", "fp32-master-rne", "fp32-master-sr"]),
     "tied": st.booleans(),
@@ -50,7 +51,7 @@ def test_every_recipe_replays_bit_exactly(store, tiny, r):
         train={"steps": 5, "init_seed": r["seed"]},
         model={"tied": r["tied"]},
         optim={"lr": r["lr"], "betas": [r["beta1"], r["beta2"]], "eps": r["eps"],
-               "weight_decay": r["weight_decay"], "clip": r["clip"], "schedule": r["schedule"], "impl": r["impl"]},
+               "weight_decay": r["weight_decay"], "clip": r["clip"], "schedule": r["schedule"], "warmup": r["warmup"], "impl": r["impl"]},
         precision={"dtype": r["precision"], "sr_seed": r["seed"] + 1},
         record={"rows": "dead", "steps": "all", "tensors": tensors},
     )

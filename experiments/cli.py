@@ -57,6 +57,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from experiments.runs import list_runs
 
+    if getattr(args, "rekey", False):
+        return _rekey(args.dry_run)
+    if getattr(args, "stale", False):
+        return _stale(args.json)
     rows = list_runs()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -70,6 +74,37 @@ def cmd_runs(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _stale(as_json: bool) -> int:
+    from experiments.runs import stale_runs
+
+    rows = stale_runs()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no stale runs: every complete run matches the current training code")
+        return 0
+    for r in rows:
+        print(f"{r['name']}  {r['key']}  changed: {', '.join(r['changed'])}")
+    print(f"{len(rows)} stale run(s): a render that needs them trains them again "
+          "(`lab runs --rekey` keeps those whose code changed only in comments or docstrings)")
+    return 0
+
+
+def _rekey(dry_run: bool) -> int:
+    from experiments.runs import rekey_runs
+
+    try:
+        moves = rekey_runs(dry_run=dry_run)
+    except (DataError, OSError) as e:
+        return _fail("runs", e)
+    verb = "would re-key" if dry_run else "re-keyed"
+    for old, new in moves:
+        print(f"{verb} {old.name} -> {new.name}")
+    print(f"{verb} {len(moves)} run(s) whose training code is unchanged but for comments and docstrings")
     return 0
 
 
@@ -166,6 +201,11 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
 
     p = subparsers.add_parser("runs", help="list the runs in the store")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--stale", action="store_true",
+                   help="list runs whose training code (or torch, numpy, format) changed, with what changed")
+    p.add_argument("--rekey", action="store_true",
+                   help="re-key runs whose training code changed only in comments or docstrings (no retraining)")
+    p.add_argument("--dry-run", action="store_true", help="with --rekey: say what would be re-keyed")
     p.set_defaults(func=cmd_runs)
 
     p = subparsers.add_parser("show", help="show a run's config and recorded datasets")

@@ -1,7 +1,8 @@
 """The run store: content-addressed recordings, trained at most once per key.
 
-key = sha256(resolved config without its description, sha256 of each training-path module's source
-(TRAINING_MODULES), corpus and tokenizer hashes, torch and numpy versions, the recording format)[:16].
+key = sha256(resolved config without its description, the fingerprint of each training-path module
+(TRAINING_MODULES: its syntax tree without docstrings, see `fingerprint`), corpus and tokenizer hashes,
+torch and numpy versions, the recording format)[:16].
 The parts are stored in the file (`key_parts`) so the site can say why a run exists.
 
 One complete run is `<store>/<name>-<key>.h5` (store = $LAB_STORE or <repo root>/store). Training writes
@@ -35,6 +36,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from experiments import fingerprint
 from experiments.config import canonical_json, load_config, resolve_device, sweep_members
 from experiments.errors import ConfigError, DataError
 from experiments.record import FORMAT_VERSION
@@ -65,7 +67,9 @@ def compute_key(cfg: dict, prepared, sources: dict[str, str] | None = None) -> t
     keyed = {k: v for k, v in cfg.items() if k != "description"}
     parts = {
         "config_sha256": hashlib.sha256(canonical_json(keyed).encode()).hexdigest(),
-        "sources": {m: hashlib.sha256(s.encode()).hexdigest()[:16] for m, s in sorted(sources.items())},
+        # each module's syntax tree without docstrings: comment and docstring edits keep every key
+        "sources": {m: fingerprint.digest(s) for m, s in sorted(sources.items())},
+        "fingerprint": fingerprint.SCHEME,
         "corpus_sha256": prepared.corpus_sha256,
         "tokenizer_sha256": prepared.tokenizer_sha256,
         "torch": torch.__version__,
@@ -636,3 +640,30 @@ def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None) -> lis
         for path in doomed:
             path.unlink(missing_ok=True)
     return doomed
+
+
+def stale_runs(store: str | Path | None = None) -> list[dict]:
+    """Complete runs whose recorded training fingerprint no longer matches the code: each with `changed`
+    (the modules, versions or format that differ), i.e. the runs a render would train again."""
+    import h5py
+
+    sources = module_sources()
+    out = []
+    for row in list_runs(store):
+        if row["status"] != "complete":
+            continue
+        try:
+            with h5py.File(row["path"], "r") as f:
+                parts = json.loads(f.attrs["key_parts"])
+        except (OSError, KeyError, ValueError):
+            continue
+        changed = fingerprint.differences(parts, sources, PACKAGE_DIR)
+        if changed:
+            out.append({**row, "changed": changed})
+    return out
+
+
+def rekey_runs(store: str | Path | None = None, dry_run: bool = False) -> list[tuple[Path, Path]]:
+    """Re-key runs whose recorded code is semantically today's (see `fingerprint.rekey`); no retraining."""
+    store = Path(store) if store is not None else store_dir()
+    return fingerprint.rekey(store, module_sources(), PACKAGE_DIR, dry_run=dry_run) if store.exists() else []

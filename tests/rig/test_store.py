@@ -55,7 +55,9 @@ def test_key_follows_training_code_only(store, tiny, tmp_path):
     (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\n# unrelated edit\n")
     (copy / "cli.py").write_text((copy / "cli.py").read_text() + "\n# unrelated edit\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] == key
-    (copy / "model.py").write_text((copy / "model.py").read_text() + "\n# changes the model\n")
+    (copy / "model.py").write_text((copy / "model.py").read_text() + "\n# a comment changes no bits\n")
+    assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] == key
+    (copy / "model.py").write_text((copy / "model.py").read_text() + "\nSCALE = 2  # code does\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] != key
     # the config is in the key, its free-text description is not
     assert R.compute_key(R.resolve(tiny(optim={"lr": 2e-3})), prepared)[0] != key

@@ -3,21 +3,58 @@
 `register(subparsers, used_keys)` adds the subcommands; each handler returns an exit code (0 ok, 2 bad
 config or data, 130 interrupted). `used_keys` is a callable returning the run keys rendered documents used
 (the `lab` dispatcher asks the document cache); `gc` keeps those and deletes every other complete run.
+`runs --check` reads every run against its checksums (exit 1 if one is damaged); `gc --damaged` deletes those.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable
 
-from experiments.errors import ConfigError, DataError
+from experiments.errors import ConfigError, DamagedRunError, DataError
 
 
 def _fail(cmd: str, err: Exception) -> int:
     print(f"lab {cmd}: error: {err}", file=sys.stderr)
     return 2
+
+
+def _check_numbers(cfg: dict, overrides: dict, prefix: str = "") -> None:
+    """NaN or inf is never a meaningful config value (torch raised its own traceback for optim.lr=nan)."""
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _check_numbers(value, overrides, dotted + ".")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                given = next((f" (--set {k}={v})" for k in overrides if dotted.endswith(k)), "")
+                raise ConfigError(f"{dotted}: must be a finite number, got {v}{given}")
+
+
+def _check_device(device: str, flag: bool) -> None:
+    """A device this machine has, or one line naming the devices it does have (not torch's AssertionError)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cuda", "mps"):
+        return
+    import torch
+
+    found = ["cpu"]
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found += [f"cuda:{i}" for i in range(n)]
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if mps:
+        found.append("mps")
+    what = f"--device {device}" if flag else f"train.device: {device}"
+    if kind == "mps" and not mps:
+        raise ConfigError(f"{what}: no MPS (Apple GPU) on this machine; devices found: {', '.join(found)}")
+    if kind == "cuda" and n == 0:
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"{what}: no CUDA on this machine ({why}); devices found: {', '.join(found)}")
+    if kind == "cuda" and index and (not index.isdigit() or int(index) >= n):
+        raise ConfigError(f"{what}: this machine has {n} CUDA device(s); devices found: {', '.join(found)}")
 
 
 def _size(n: int) -> str:
@@ -37,6 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.device:
             overrides["train.device"] = args.device
         cfg = load_config(args.name, **overrides)
+        _check_numbers(cfg, overrides)
+        _check_device(str(cfg["train"]["device"]), bool(args.device))
         if cfg["sweep"]:
             runs = sweep(args.name, jobs=args.jobs, **overrides)
         else:
@@ -61,20 +100,32 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return _rekey(args.dry_run)
     if getattr(args, "stale", False):
         return _stale(args.json)
-    rows = list_runs()
+    try:
+        rows = list_runs(check=args.check)
+    except (DataError, OSError) as e:
+        return _fail("runs", e)
+    bad = [r for r in rows if args.check and r["check"] in ("damaged", "incomplete")]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return 1 if bad else 0
     if not rows:
         print("no runs in the store")
         return 0
-    header = ("name", "key", "steps", "size", "status", "created")
+    header = ("name", "key", "steps", "size", "status", "created") + (("check",) if args.check else ())
     table = [header] + [(r["name"], r["key"], str(r["steps"] if r["steps"] is not None else "?"),
-                         _size(r["size"]), r["status"], r["created"]) for r in rows]
+                         _size(r["size"]), r["status"], r["created"])
+                        + ((r["check"],) if args.check else ()) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0
+    if args.check:
+        for r in bad:
+            print(f"damaged: {r['path']}: {r['problem']}", file=sys.stderr)
+        unchecked = sum(r["check"] == "no checksum" for r in rows)
+        print(f"checked {len(rows)} run(s): {len(rows) - len(bad) - unchecked} ok, {len(bad)} damaged, "
+              f"{unchecked} with no checksum (written before checksums)"
+              + ("; `lab gc --damaged` deletes the damaged ones, the next run trains them again" if bad else ""))
+    return 1 if bad else 0
 
 
 def _stale(as_json: bool) -> int:
@@ -117,6 +168,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         r = find(args.run)
     except DataError as e:
         return _fail("show", e)
+    try:
+        return _show(r, h5py)
+    except (OSError, RuntimeError, KeyError) as e:  # the datasets' headers of a damaged file
+        return _fail("show", DamagedRunError(f"{r.path}: the run file is damaged: {e}"))
+
+
+def _show(r, h5py) -> int:
     print(f"{r.name}  key {r.key}  {r.path}")
     print(f"created {r.created}; {r.steps_total} steps, {len(r.steps)} recorded, {len(r.tokens)} rows")
     if r.description:
@@ -125,6 +183,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("key parts:", json.dumps(r.key_parts, sort_keys=True))
     print("\nconfig:")
     print(json.dumps(r.config, indent=2, sort_keys=True))
+    print("checksums: fletcher32 per chunk and a content digest (`lab runs --check` reads them all)"
+          if r.checksummed else "checksums: none (written before run files carried them)")
     print("\ndatasets:")
     with h5py.File(r.path, "r") as f:
         for name in sorted(f):
@@ -137,6 +197,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace, used_keys: Callable[[], Iterable[str]] | None) -> int:
     from experiments.runs import gc
 
+    if args.damaged:
+        try:
+            doomed = gc((), dry_run=args.dry_run, damaged=True)
+        except (DataError, OSError) as e:
+            return _fail("gc", e)
+        verb = "would delete" if args.dry_run else "deleted"
+        for path in doomed:
+            print(f"{verb} {path}")
+        print(f"{verb} {len(doomed)} damaged run file(s); the next run of each trains it again")
+        return 0
     if used_keys is None:
         print("lab gc: error: no document cache to ask which runs are used; nothing deleted", file=sys.stderr)
         return 2
@@ -158,7 +228,7 @@ def cmd_gc(args: argparse.Namespace, used_keys: Callable[[], Iterable[str]] | No
     return 0
 
 
-def _parse_pairs(items: list[str], what: str) -> dict:
+def _parse_pairs(items: list[str], what: str, numbers: bool = False) -> dict:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -167,6 +237,8 @@ def _parse_pairs(items: list[str], what: str) -> dict:
         try:
             out[key] = float(value)
         except ValueError:
+            if numbers:
+                raise ConfigError(f"{what} {key}: must be a number, got {value!r}") from None
             out[key] = value
     return out
 
@@ -177,9 +249,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from experiments.verify import format_table, verify
 
     try:
-        run = find(args.run)
         laws = _parse_pairs(args.law, "--law")
-        hyper = _parse_pairs(args.hyper, "--hyper")
+        hyper = _parse_pairs(args.hyper, "--hyper", numbers=True)
+        run = find(args.run)
         result = verify(run, laws=laws, hyper=hyper, progress=not args.json)
     except (ConfigError, DataError, ValueError) as e:
         return _fail("verify", e)
@@ -201,6 +273,8 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
 
     p = subparsers.add_parser("runs", help="list the runs in the store")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true",
+                   help="read every run in full against its checksums; name the damaged ones (exit 1)")
     p.add_argument("--stale", action="store_true",
                    help="list runs whose training code (or torch, numpy, format) changed, with what changed")
     p.add_argument("--rekey", action="store_true",
@@ -227,4 +301,6 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
     p = subparsers.add_parser("gc", help="delete runs no rendered document uses, and stale temp files")
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     p.add_argument("--all", action="store_true", help="allow deleting every run when no document uses any")
+    p.add_argument("--damaged", action="store_true",
+                   help="delete every run file that fails its checksums (whatever uses it); they retrain")
     p.set_defaults(func=lambda args: cmd_gc(args, used_keys))

@@ -13,11 +13,21 @@ Step 0 has no forward: its grad rows are 0 and its h_mean row is NaN.
 bf16 is never stored as float16 (lossy); its exact bits go to disk as uint16. Chunks are one step by a block
 of rows, so a step is written once (no read-modify-write) and one token's trajectory reads T small chunks.
 No compression (it slows writes by an order of magnitude); memory does not grow with the number of steps.
+
+Integrity (schema 2): every dataset is chunked with HDF5's fletcher32 filter, so a changed byte fails the read
+of its chunk instead of returning altered numbers; the metadata is written in the HDF5 1.10 format, whose
+object headers and chunk indexes carry checksums too. At completion the root attribute `content_sha256`
+(JSON {dataset: sha256 hex of its raw bytes in C order}) is written; it is hashed from the buffers as they
+are written (steps arrive in order), never by re-reading the file. `recording.check` verifies both.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,65 +36,177 @@ import numpy as np
 
 from experiments.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STEP_TENSORS = ("W", "E", "m", "v", "grad", "master")
+DIGEST_ATTR = "content_sha256"  # JSON {dataset name: sha256 hex of its raw C-order bytes}
+LIBVER = ("v110", "latest")  # object headers and chunk indexes with checksums (readable by HDF5 >= 1.10)
 _CHUNK_BYTES = 64 * 1024  # target chunk size: small enough that one row's trajectory reads little
+_FREE_MARGIN = 64 * 1024  # bytes beyond the data and attributes: HDF5 metadata, chunk indexes (+1 %)
 
 
 def _chunk_rows(n_rows: int, width: int, itemsize: int) -> int:
     return max(1, min(n_rows, _CHUNK_BYTES // max(1, width * itemsize)))
 
 
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB" if n >= 2**20 else f"{n / 1024:,.0f} KB"
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, whether raised by Python (errno) or reported inside an HDF5 message."""
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "errno = 28" in text or "No space left" in text or "Disk quota exceeded" in text
+
+
+def h5_reason(e: BaseException) -> str:
+    """HDF5's one-line reason from an h5py error (which can span lines and carry a timestamp and buffers)."""
+    text = " ".join(str(e).split())
+    if "error message = '" in text:  # "(file write failed: time = ..., error message = 'No space left ...', ...)"
+        return text.split("error message = '", 1)[1].split("'", 1)[0]
+    return text
+
+
+class _Digest:
+    """sha256 of one dataset's bytes in C order, fed by writes along axis 0 in increasing order.
+
+    Rows never written are the fill value (zeros) in the file, so a gap is hashed as zeros.
+    """
+
+    def __init__(self, shape: tuple, dtype):
+        self.rows = shape[0] if shape else 1
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.at = 0
+        self.h = hashlib.sha256()
+
+    def _zeros(self, n: int) -> None:
+        zero = bytes(min(n * self.row_bytes, 1 << 20))
+        left = n * self.row_bytes
+        while left > 0:
+            self.h.update(zero[:left])
+            left -= len(zero)
+
+    def feed(self, start: int, arr: np.ndarray, rows: int) -> None:
+        if start < self.at:
+            raise DataError(f"rows from {start} written after row {self.at}: the recording digest needs "
+                            "steps in increasing order")
+        self._zeros(start - self.at)
+        self.h.update(memoryview(arr).cast("B"))
+        self.at = start + rows
+
+    def hexdigest(self) -> str:
+        self._zeros(self.rows - self.at)
+        self.at = self.rows
+        return self.h.hexdigest()
+
+
 class Recorder:
     """Streams one run into `path` (normally a temp file the store renames once complete).
 
     `tensors` maps a name in W, E, m, v, grad, h_mean to its dtype ("bfloat16" or "float32").
+    `checksum=False` writes the schema-1 layout (no filter, no digest): only for bench/bench_integrity.py.
     """
 
     def __init__(self, path: str | Path, *, attrs: dict[str, Any], tokens: np.ndarray, steps: np.ndarray,
-                 steps_total: int, d_model: int, tensors: dict[str, str], dead: np.ndarray, counts: np.ndarray):
+                 steps_total: int, d_model: int, tensors: dict[str, str], dead: np.ndarray, counts: np.ndarray,
+                 checksum: bool = True):
         self.path = Path(path)
         self.tokens = np.asarray(tokens, dtype=np.int32)
         self.steps = np.asarray(steps, dtype=np.int32)
         self.index = {int(s): i for i, s in enumerate(self.steps)}
         self.tensors = dict(tensors)
         self.steps_total = steps_total
+        self.checksum = checksum
         self._scalar_at = 0
-        N, T, D = len(self.tokens), len(self.steps), d_model
+        self._ds: dict[str, h5py.Dataset] = {}
+        self._digest: dict[str, _Digest] = {}
+        self._failed = False
+        N, T, D, S = len(self.tokens), len(self.steps), d_model, steps_total
+        dead, counts = np.asarray(dead, dtype=bool), np.asarray(counts, dtype=np.int64)
+        layout = {"tokens": ((N,), np.int32), "steps": ((T,), np.int32), "dead": (dead.shape, bool),
+                  "counts": (counts.shape, np.int64), "loss": ((S,), np.float32), "lr": ((S,), np.float64),
+                  "clip_scale": ((S,), np.float32)}
+        for name, dtype in self.tensors.items():
+            store = np.uint16 if dtype == "bfloat16" else np.float32
+            layout[name] = ((T, D), np.float32) if name == "h_mean" else ((T, N, D), store)
+        self.needed = sum(int(np.prod(s, dtype=np.int64)) * np.dtype(t).itemsize for s, t in layout.values())
+        self.needed += self.needed // 100 + sum(len(str(v)) for v in attrs.values()) + _FREE_MARGIN
+        self._check_space()
         try:
             # cache sized for one chunk per dataset; chunks are never revisited
-            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _CHUNK_BYTES * (len(tensors) + 4))
+            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _CHUNK_BYTES * (len(tensors) + 4),
+                               **({"libver": LIBVER} if checksum else {}))
             for k, v in attrs.items():
                 self.f.attrs[k] = v
-            self.f.attrs["schema"] = FORMAT_VERSION
+            self.f.attrs["schema"] = FORMAT_VERSION if checksum else 1
             self.f.attrs["complete"] = 0
             self.f.attrs["steps_total"] = steps_total
             self.f.attrs["steps_recorded"] = T
-            self.f.create_dataset("tokens", data=self.tokens)
-            self.f.create_dataset("steps", data=self.steps)
-            self.f.create_dataset("dead", data=np.asarray(dead, dtype=bool))
-            self.f.create_dataset("counts", data=np.asarray(counts, dtype=np.int64))
-            S = steps_total
-            self.f.create_dataset("loss", shape=(S,), dtype=np.float32, chunks=(min(S, 4096),))
-            self.f.create_dataset("lr", shape=(S,), dtype=np.float64, chunks=(min(S, 4096),))
-            self.f.create_dataset("clip_scale", shape=(S,), dtype=np.float32, chunks=(min(S, 4096),))
+            for name, data in (("tokens", self.tokens), ("steps", self.steps), ("dead", dead), ("counts", counts)):
+                self._create(name, data.shape, data.dtype, (min(len(data), 1 << 20),) if len(data) else None)
+                self._put(name, 0, data)
+            for name in ("loss", "lr", "clip_scale"):
+                self._create(name, (S,), layout[name][1], (min(S, 4096),))
             for name, dtype in self.tensors.items():
-                store = np.uint16 if dtype == "bfloat16" else np.float32
-                if name == "h_mean":
-                    ds = self.f.create_dataset(name, shape=(T, D), dtype=np.float32, chunks=(1, D))
-                else:
-                    rows = _chunk_rows(N, D, np.dtype(store).itemsize)
-                    ds = self.f.create_dataset(name, shape=(T, N, D), dtype=store, chunks=(1, rows, D))
+                shape, store = layout[name]
+                chunks = (1, D) if name == "h_mean" else (1, _chunk_rows(N, D, np.dtype(store).itemsize), D)
+                ds = self._create(name, shape, store, chunks)
                 ds.attrs["dtype"] = dtype if name != "h_mean" else "float32"
-        except OSError as e:
-            self.abort()
-            raise DataError(f"{self.path}: cannot create the recording: {e}") from e
+        except (OSError, RuntimeError) as e:
+            self._fail(e, "creating the recording")
+
+    def _check_space(self) -> None:
+        """Refuse before training when the disk cannot hold the recording (a full disk mid-run wastes the run)."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < self.needed:
+            raise DataError(f"{self.path.parent}: disk full: {self.path.name} needs about {_mb(self.needed)}, "
+                            f"{_mb(free)} free; free some space (lab gc) or set LAB_STORE to a larger disk")
+
+    def _create(self, name: str, shape: tuple, dtype, chunks: tuple | None) -> h5py.Dataset:
+        # fletcher32 needs chunks; an empty dataset has none (and no bytes to protect)
+        filtered = self.checksum and chunks is not None and all(shape)
+        ds = self.f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks if all(shape) else None,
+                                   fletcher32=filtered)
+        self._ds[name] = ds  # kept open: a dataset closed per write would flush (and fail) in a destructor
+        if self.checksum:
+            self._digest[name] = _Digest(shape, dtype)
+        return ds
+
+    def _put(self, name: str, start: int, arr: np.ndarray) -> None:
+        ds = self._ds[name]
+        arr = np.ascontiguousarray(arr, dtype=ds.dtype)  # the very bytes the file will hold
+        one = arr.ndim == ds.ndim - 1  # one row of axis 0 (a step), or a block of rows
+        if name in self._digest:
+            self._digest[name].feed(start, arr, 1 if one else len(arr))
+        if arr.size:
+            ds.write_direct(arr, dest_sel=np.s_[start] if one else np.s_[start: start + len(arr)])
+
+    def _fail(self, e: BaseException, what: str):
+        """Close what can be closed and raise one DataError naming the file (and the space it needs)."""
+        self._failed = True
+        full = is_disk_full(e)
+        self.abort()
+        if full:
+            try:
+                free = f", {_mb(shutil.disk_usage(self.path.parent).free)} free"
+            except OSError:
+                free = ""
+            raise DataError(f"{self.path}: {what} failed: disk full (No space left on device): the recording "
+                            f"needs about {_mb(self.needed)}{free}; free some space (lab gc) or set LAB_STORE "
+                            "to a larger disk; nothing was stored") from None
+        raise DataError(f"{self.path}: {what} failed: {h5_reason(e)}") from None
 
     def _write(self, what: str, fn) -> None:
+        if self._failed:
+            raise DataError(f"{self.path}: the recording already failed; nothing more is written")
         try:
             fn()
-        except OSError as e:  # disk full, quota, I/O error: the caller removes the temp file
-            raise DataError(f"{self.path}: writing {what} failed: {e}") from e
+        except (OSError, RuntimeError) as e:  # disk full, quota, I/O error (h5py raises either)
+            self._fail(e, f"writing {what}")
 
     def wants(self, step: int) -> bool:
         return step in self.index
@@ -93,15 +215,14 @@ class Recorder:
         """Write one recorded step; bf16 arrays arrive as uint16 bit patterns, the rest as float32."""
         i = self.index[step]
         for name, arr in arrays.items():
-            self._write(f"{name}[step {step}]", lambda name=name, arr=arr: self.f[name].write_direct(
-                np.ascontiguousarray(arr), dest_sel=np.s_[i]))
+            self._write(f"{name}[step {step}]", lambda name=name, arr=arr: self._put(name, i, arr))
 
     def write_scalars(self, start_step: int, loss: np.ndarray, lr: np.ndarray, clip_scale: np.ndarray) -> None:
         """Loss, lr and clip scale for steps start_step .. start_step+len-1 (1-based training steps)."""
-        a, b = start_step - 1, start_step - 1 + len(loss)
+        a = start_step - 1
         for name, arr in (("loss", loss), ("lr", lr), ("clip_scale", clip_scale)):
-            self._write(name, lambda name=name, arr=arr: self.f[name].__setitem__(slice(a, b), arr))
-        self._scalar_at = b
+            self._write(name, lambda name=name, arr=arr: self._put(name, a, np.atleast_1d(arr)))
+        self._scalar_at = a + len(loss)
 
     def finish(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark complete, flush and fsync. Only after this may the file be renamed to its final name."""
@@ -111,18 +232,47 @@ class Recorder:
         def _close() -> None:
             for k, v in (extra_attrs or {}).items():
                 self.f.attrs[k] = v
+            if self._digest:
+                digests = {name: d.hexdigest() for name, d in sorted(self._digest.items())}
+                self.f.attrs[DIGEST_ATTR] = json.dumps(digests, sort_keys=True)
             self.f.attrs["complete"] = 1
             self.f.flush()
-            self.f.close()
+            self._ds.clear()
+            f, self.f = self.f, None
+            f.close()
 
         self._write("the final attributes", _close)
-        with open(self.path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as e:
+            self._fail(e, "syncing the recording to disk")
 
     def abort(self) -> None:
+        """Close the file without letting HDF5 fail later (in a destructor, or at exit with a segfault).
+
+        Idempotent: after a close that failed, h5py segfaulted on the next look at the file id.
+        """
+        f, self.f = getattr(self, "f", None), None
+        if f is None:
+            self._ds.clear()
+            return
         try:
-            f = getattr(self, "f", None)
-            if f is not None and f.id.valid:
-                f.close()
+            if not f.id.valid:
+                return
+            if self._failed:
+                # HDF5 still holds dirty chunks and metadata it could not write, and every close retries
+                # them (raising in destructors). The temp file is going to be removed: point HDF5's
+                # descriptor at /dev/null so those writes succeed, harmlessly, and the close completes.
+                fd = f.id.get_vfd_handle()
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
+            self._ds.clear()  # a dataset id released before the redirect would retry its writes and fail
+            f.close()
         except Exception:  # already failing; the temp file is removed by the caller
             pass
+        finally:
+            self._ds.clear()

@@ -2,18 +2,149 @@
 
 The writer and the format live in record.py, which is on the training path; this reader is not
 (runs.TRAINING_MODULES), so adding an accessor here never changes a run key or retrains the store.
+
+A read that fails (a chunk whose fletcher32 checksum fails, a truncated file) raises DamagedRunError naming
+the file, the dataset and the steps; `check` verifies a whole file against its content digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from experiments.errors import DataError
-from experiments.record import STEP_TENSORS
+from experiments.errors import DamagedRunError, DataError
+from experiments.record import DIGEST_ATTR, STEP_TENSORS, h5_reason
+
+REPAIR = "`lab gc --damaged` deletes it and the next `lab train` or experiments.run trains it again"
+_SCALARS = ("loss", "lr", "clip_scale")  # index i holds training step i + 1
+_BLOCK_BYTES = 16 << 20  # what `check` reads (and hashes) at a time
+
+
+def open_reason(e: BaseException) -> str:
+    """Why h5py could not open a file, in a few words ("truncated: 1,000 of 335,336 bytes")."""
+    text = h5_reason(e)
+    m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if m:
+        return f"truncated: {int(m[1]):,} of {int(m[2]):,} bytes on disk"
+    m = re.search(r"\(([^()]*)\)\s*$", text)  # "Unable to synchronously open file (bad object header ...)"
+    return m[1] if m else text
+
+
+def _ranges(values) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"."""
+    values = sorted(int(v) for v in values)
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out[:8]) + (f" and {len(out) - 8} more ranges" if len(out) > 8 else "")
+
+
+def _bad_chunks(ds: h5py.Dataset, rows: np.ndarray | None = None) -> list[int]:
+    """Axis-0 indices (among `rows`, default all) whose chunks cannot be read: where a read failed."""
+    bad = []
+    chunk0 = ds.chunks[0] if ds.chunks else len(ds)
+    starts = sorted({int(r) // chunk0 * chunk0 for r in (range(len(ds)) if rows is None else rows)})
+    for a in starts:
+        try:
+            ds[a: a + chunk0]
+        except (OSError, RuntimeError):
+            bad.extend(range(a, min(a + chunk0, len(ds))))
+    return bad if rows is None else [r for r in bad if r in set(int(x) for x in rows)]
+
+
+def _where(name: str, index: list[int], steps: np.ndarray | None) -> str:
+    """Dataset `name`'s axis-0 indices as the steps they hold."""
+    s = "s" if len(index) > 1 else ""
+    if name in _SCALARS:
+        return f"training step{s} {_ranges(i + 1 for i in index)}"
+    if steps is not None and len(steps) and name not in ("tokens", "steps", "dead", "counts"):
+        return f"step{s} {_ranges(int(steps[i]) for i in index if i < len(steps))}"
+    return f"element{s} {_ranges(index)}"
+
+
+def damaged(path: str | Path, ds: h5py.Dataset, name: str, index: np.ndarray | None = None,
+            steps: np.ndarray | None = None, error: BaseException | None = None) -> DamagedRunError:
+    """The error for a failed read of dataset `name`: which steps fail and how to repair."""
+    bad = _bad_chunks(ds, index)
+    reason = "fails its checksum" if error is None or "filter" in str(error) else f"cannot be read ({h5_reason(error)})"
+    where = f" at {_where(name, bad, steps)}" if bad else ""
+    return DamagedRunError(f"{path}: the run file is damaged: dataset /{name}{where} {reason}; {REPAIR}")
+
+
+@dataclass
+class Integrity:
+    status: str  # "ok" | "no checksum" | "damaged" | "incomplete"
+    detail: str = ""
+
+
+def check(path: str | Path) -> Integrity:
+    """Read every dataset of a run file (each chunk's fletcher32 checked by HDF5) and compare its sha256 with
+    the digest written at completion. Runs written before checksums (schema 1) are "no checksum"."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("complete", 0)) != 1:
+                return Integrity("incomplete", "not marked complete")
+            if DIGEST_ATTR not in f.attrs:
+                return Integrity("no checksum", "written before run files carried checksums")
+            try:
+                want = json.loads(f.attrs[DIGEST_ATTR])
+            except ValueError:
+                return Integrity("damaged", f"its {DIGEST_ATTR} attribute is not valid JSON")
+            steps = f["steps"][()] if "steps" in f else None
+            extra = sorted(set(f.keys()) - set(want))
+            missing = sorted(set(want) - set(f.keys()))
+            if extra or missing:
+                return Integrity("damaged", f"datasets {missing or extra} differ from those it was written with")
+            problems = []
+            for name in sorted(want):
+                ds = f[name]
+                try:
+                    got = _sha256(ds)
+                except (OSError, RuntimeError) as e:
+                    bad = _bad_chunks(ds)
+                    where = f" at {_where(name, bad, steps)}" if bad else ""
+                    why = "fails its checksum" if "filter" in str(e) else f"cannot be read ({h5_reason(e)})"
+                    problems.append(f"/{name}{where} {why}")
+                    continue
+                if got != want[name]:
+                    problems.append(f"/{name} differs from the digest written with it")
+            if problems:
+                return Integrity("damaged", "; ".join(problems))
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        return Integrity("damaged", f"cannot be read: {open_reason(e)}")
+    return Integrity("ok")
+
+
+def _sha256(ds: h5py.Dataset) -> str:
+    """sha256 of a dataset's raw bytes in C order, read in blocks along axis 0 (as record._Digest hashes)."""
+    h = hashlib.sha256()
+    if ds.size == 0:
+        return h.hexdigest()
+    if ds.ndim == 0:
+        h.update(np.ascontiguousarray(ds[()]).tobytes())
+        return h.hexdigest()
+    row = max(1, ds.size // len(ds) * ds.dtype.itemsize)
+    per = max(1, _BLOCK_BYTES // row)
+    if ds.chunks:  # whole chunks per read
+        per = max(ds.chunks[0], per // ds.chunks[0] * ds.chunks[0])
+    buf = np.empty((min(per, len(ds)), *ds.shape[1:]), dtype=ds.dtype)
+    for a in range(0, len(ds), per):
+        n = min(per, len(ds) - a)
+        view = buf[:n]
+        ds.read_direct(view, source_sel=np.s_[a: a + n])
+        h.update(memoryview(view).cast("B"))
+    return h.hexdigest()
 
 
 def _as_bf16(bits: np.ndarray) -> np.ndarray:
@@ -27,14 +158,18 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such run file (deleted meanwhile?)")
         try:
             with h5py.File(self.path, "r") as f:
                 a = dict(f.attrs)
                 self.steps = f["steps"][()]
                 self.tokens = f["tokens"][()]
                 self.available = sorted(k for k in f.keys())
-        except (OSError, KeyError) as e:
-            raise DataError(f"{self.path}: not a readable run file: {e}") from e
+        except (OSError, RuntimeError, KeyError) as e:
+            raise DamagedRunError(f"{self.path}: the run file is damaged: {open_reason(e)}; {REPAIR}") from None
+        # schema 2 files carry content_sha256 and fletcher32 chunks; older ones read as before, unchecked
+        self.checksummed = DIGEST_ATTR in a
         if int(a.get("complete", 0)) != 1:
             raise DataError(f"{self.path}: run is not complete (interrupted or still training)")
         self.name = str(a["name"])
@@ -54,8 +189,20 @@ class Run:
                 f"tensors={[t for t in self.available if t in (*STEP_TENSORS, 'h_mean')]})")
 
     def _read(self, name: str) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
-            return f[name][()]
+        with self._open() as f:
+            ds = f[name]
+            try:
+                return ds[()]
+            except (OSError, RuntimeError) as e:
+                raise damaged(self.path, ds, name, steps=self.steps, error=e) from None
+
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except (OSError, RuntimeError) as e:
+            if not self.path.exists():
+                raise DataError(f"{self.path}: the run file was deleted") from None
+            raise DamagedRunError(f"{self.path}: the run file is damaged: {open_reason(e)}; {REPAIR}") from None
 
     @property
     def dead(self) -> np.ndarray:
@@ -80,14 +227,14 @@ class Run:
     def tokenizer(self):
         from tokenizers import Tokenizer
 
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             return Tokenizer.from_str(f.attrs["tokenizer"])
 
     def census(self, top: int = 20, examples: int = 10) -> dict:
         """Live/dead census of this run's vocabulary on its training text (tokenizer.census_of_counts)."""
         from experiments.census import census_of_counts
 
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             manifest = json.loads(f.attrs["corpus_manifest"]) if "corpus_manifest" in f.attrs else {}
         return census_of_counts(self.counts, self.tokenizer(), manifest, top=top, examples=examples)
 
@@ -134,10 +281,13 @@ class Run:
             raise KeyError(f"{self.path}: tensor {name!r} was not recorded (recorded: {', '.join(rec)})")
         sidx, s_scalar = self._step_index(steps)
         ridx, r_scalar = self._row_index(rows) if name != "h_mean" else (None, False)
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             ds = f[name]
             dtype = ds.attrs["dtype"]
-            data = _read_selection(ds, sidx, ridx)
+            try:
+                data = _read_selection(ds, sidx, ridx)
+            except (OSError, RuntimeError) as e:  # a chunk that fails its checksum: never return altered data
+                raise damaged(self.path, ds, name, np.unique(sidx), self.steps, e) from None
         if s_scalar:
             data = data[0]
         if r_scalar:

@@ -38,9 +38,9 @@ from filelock import FileLock, Timeout
 
 from experiments import fingerprint
 from experiments.config import canonical_json, load_config, resolve_device, sweep_members
-from experiments.errors import ConfigError, DataError
-from experiments.record import FORMAT_VERSION
-from experiments.recording import Run
+from experiments.errors import ConfigError, DamagedRunError, DataError
+from experiments.record import DIGEST_ATTR, FORMAT_VERSION
+from experiments.recording import REPAIR, Run, check, open_reason
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRAINING_MODULES = ("corpus", "tokenizer", "config", "model", "train", "record", "errors")
@@ -250,17 +250,89 @@ def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:
         key, parts = compute_key(cfg, prepared)
         final = store / f"{cfg['name']}-{key}.h5"
         if final.exists():
-            return Run(final), 0.0
+            return _serve(final), 0.0
         beat.update(state="waiting", key=key)
-        with FileLock(str(store / f"{key}.lock")):
+        with _key_lock(store, key, cfg["name"], progress):
             if final.exists():  # another process trained it while we waited
-                return Run(final), time.monotonic() - started
+                return _serve(final), time.monotonic() - started
             for stale in store.glob(f"{final.name}.tmp-*"):  # we hold the lock: these are leftovers
                 stale.unlink(missing_ok=True)
             with _compute_slot(store, cfg["train"].get("threads") or 1):
                 beat["state"] = "training"
                 _train_into(cfg, prepared, key, parts, final, progress)
+            _mark_verified(final)  # its digest was computed from the very bytes written
     return Run(final), time.monotonic() - started
+
+
+# ------------------------------------------------------------------------------------ integrity
+
+_VERIFIED = ".verified"  # <store>/.verified/<run file name>: "size mtime_ns" when its check last passed
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
+def _mark_verified(path: Path) -> None:
+    """Remember that `path`, as it is now, matches its checksums (so serving it again costs no re-read)."""
+    d = path.parent / _VERIFIED
+    try:
+        d.mkdir(exist_ok=True)
+        tmp = d / f".{path.name}.{os.getpid()}"
+        tmp.write_text(_stamp(path))
+        os.replace(tmp, d / path.name)
+    except OSError:
+        pass  # only a cache: the next serve checks the file again
+
+
+def _serve(path: Path) -> Run:
+    """The stored run at `path`, never a damaged one: a checksummed file changed since its last check (copied
+    in, edited, touched) is read in full against its digest first. DamagedRunError says how to repair."""
+    run = Run(path)
+    if not run.checksummed:
+        return run  # schema 1: nothing to check against ("no checksum" in `lab runs --check`)
+    try:
+        stamp = (path.parent / _VERIFIED / path.name).read_text()
+    except OSError:
+        stamp = None
+    if stamp != _stamp(path):
+        result = check(path)
+        if result.status != "ok":
+            raise DamagedRunError(f"{path}: the run file is damaged: {result.detail}; {REPAIR}")
+        _mark_verified(path)
+    return run
+
+
+@contextlib.contextmanager
+def _key_lock(store: Path, key: str, name: str, progress: bool):
+    """The per-key training lock; its holder writes `<key>.lock.owner` (pid, host, since) next to it, so a
+    second `lab train` of the same run says whom it is waiting for instead of waiting in silence."""
+    import socket
+
+    lock = FileLock(str(store / f"{key}.lock"))
+    owner = store / f"{key}.lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if progress:
+            try:
+                o = json.loads(owner.read_text())
+                who = f"pid {o['pid']} on {o['host']}, training since {o['since']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                who = "another process"
+            print(f"{name} {key[:8]}: waiting for {who} to finish it (lock {lock.lock_file})",
+                  file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        with contextlib.suppress(OSError):
+            owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                         "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            owner.unlink()
+        lock.release()
 
 
 def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progress: bool) -> None:
@@ -583,9 +655,16 @@ def _last_error(path: Path) -> str:
 # ------------------------------------------------------------------------------------ listing, gc
 
 
-def list_runs(store: str | Path | None = None) -> list[dict]:
-    """Every run file in the store with its attributes; incomplete ones have status != complete."""
+def list_runs(store: str | Path | None = None, check: bool = False) -> list[dict]:
+    """Every run file in the store with its attributes; incomplete ones have status != complete.
+
+    Each row says whether the file carries checksums (`checksum`); with check=True every file is read in full
+    and `check` is "ok", "no checksum" (written before checksums), "damaged" or "incomplete", with `problem`.
+    A file deleted while listing is left out, not an error.
+    """
     import h5py
+
+    from experiments.recording import check as check_file
 
     store = Path(store) if store is not None else store_dir()
     out = []
@@ -593,17 +672,30 @@ def list_runs(store: str | Path | None = None) -> list[dict]:
         m = _RUN_FILE.match(path.name)
         if not m:
             continue
-        row = {"name": m["name"], "key": m["key"], "path": str(path), "size": path.stat().st_size,
-               "status": "unreadable", "steps": None, "created": "", "description": ""}
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # deleted (gc, another process) between the listing and now
+            continue
+        row = {"name": m["name"], "key": m["key"], "path": str(path), "size": size,
+               "status": "unreadable", "steps": None, "created": "", "description": "", "checksum": None}
         try:
             with h5py.File(path, "r") as f:
                 a = f.attrs
                 row.update(name=str(a.get("name", m["name"])), steps=int(a.get("steps_total", 0)),
                            steps_recorded=int(a.get("steps_recorded", 0)), created=str(a.get("created", "")),
-                           description=str(a.get("description", "")),
+                           description=str(a.get("description", "")), checksum=DIGEST_ATTR in a,
                            status="complete" if int(a.get("complete", 0)) == 1 else "incomplete")
-        except (OSError, KeyError, ValueError):
-            pass
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            if not path.exists():
+                continue
+            row["problem"] = open_reason(e)
+        if check:
+            result = check_file(path)
+            if result.status == "damaged" and not path.exists():
+                continue
+            row.update(check=result.status, problem=result.detail)
+            if result.status == "ok":
+                _mark_verified(path)
         out.append(row)
     return out
 
@@ -620,25 +712,40 @@ def find(ref: str, store: str | Path | None = None) -> Run:
     if not exact:
         exact = sorted((r for r in rows if r["name"] == ref), key=lambda r: r["created"])[-1:]
     if not exact:
+        # a run file that matches but does not read as complete is damaged (a final name is only ever
+        # given to a complete file): say so rather than "no run matches"
+        hurt = [r for r in list_runs(store) if r["status"] != "complete" and
+                (r["key"] == ref or Path(r["path"]).stem == ref or r["name"] == ref
+                 or (re.fullmatch(r"[0-9a-f]{4,16}", ref) and r["key"].startswith(ref)))]
+        if hurt:
+            r = hurt[-1]
+            why = r.get("problem") or f"not marked complete ({r['status']})"
+            raise DamagedRunError(f"{r['path']}: the run file is damaged: {why}; {REPAIR}")
         raise DataError(f"no complete run matches {ref!r} in {Path(store) if store else store_dir()}")
     return Run(exact[0]["path"])
 
 
-def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None) -> list[Path]:
+def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None, damaged: bool = False) -> list[Path]:
     """Delete complete runs whose key is not in keep_keys, and temp files of dead processes.
 
     Returns what was (or, with dry_run, would be) deleted. Incomplete `.h5` files are left alone.
+    damaged=True instead deletes every run file that fails its check (read in full; damaged, unreadable
+    or not marked complete under a final name), whatever uses it: the next run trains it again.
     """
     store = Path(store) if store is not None else store_dir()
     keep = set(keep_keys)
-    doomed = [Path(r["path"]) for r in list_runs(store) if r["status"] == "complete" and r["key"] not in keep]
-    for path in sorted(store.glob("*.h5.tmp-*")) if store.exists() else []:
-        m = _TMP_FILE.match(path.name)
-        if m and not _pid_alive(int(m["pid"])):
-            doomed.append(path)
+    if damaged:
+        doomed = [Path(r["path"]) for r in list_runs(store, check=True) if r["check"] in ("damaged", "incomplete")]
+    else:
+        doomed = [Path(r["path"]) for r in list_runs(store) if r["status"] == "complete" and r["key"] not in keep]
+        for path in sorted(store.glob("*.h5.tmp-*")) if store.exists() else []:
+            m = _TMP_FILE.match(path.name)
+            if m and not _pid_alive(int(m["pid"])):
+                doomed.append(path)
     if not dry_run:
         for path in doomed:
             path.unlink(missing_ok=True)
+            (path.parent / _VERIFIED / path.name).unlink(missing_ok=True)
     return doomed
 
 

@@ -7,6 +7,8 @@ subcommands, so neither needs to know the other exists (see ARCHITECTURE.md).
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 
@@ -52,3 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # what a subcommand did not translate: one line, not a traceback
+        if os.environ.get("LAB_DEBUG"):
+            raise
+        print(f"lab {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, OSError) else 1
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}disk full ({e.strerror}); free some space (lab gc) or set LAB_STORE to a larger disk"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    text = " ".join(str(e).split())
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return f"{type(e).__name__}: {text} (LAB_DEBUG=1 shows the traceback)"

@@ -19,7 +19,7 @@ import experiments
 from experiments import runs as R
 from experiments import train as T
 from experiments.errors import ConfigError, DataError
-from experiments.record import Recorder
+from experiments.record import FORMAT_VERSION, Recorder
 
 
 def test_second_call_trains_nothing_and_run_log_lists_runs(store, tiny, monkeypatch, tmp_path):
@@ -37,7 +37,7 @@ def test_second_call_trains_nothing_and_run_log_lists_runs(store, tiny, monkeypa
     assert lines[0]["request"] == lines[1]["request"] and "config" in lines[0]["request"]
     with h5py.File(first.path, "r") as f:
         a = f.attrs
-        assert (a["schema"], a["complete"], a["steps_total"], a["steps_recorded"]) == (1, 1, 12, 13)
+        assert (a["schema"], a["complete"], a["steps_total"], a["steps_recorded"]) == (FORMAT_VERSION, 1, 12, 13)
         parts = json.loads(a["key_parts"])
         assert set(parts["sources"]) == set(R.TRAINING_MODULES) and parts["corpus_sha256"]
         assert json.loads(a["config"])["train"]["steps"] == 12 and a["created"].endswith("Z")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from experiments.derived import cached
 from experiments.lattice import iter_step_blocks
 
 
@@ -136,6 +137,7 @@ def _concat_tracks(parts: list[CloudTrack]) -> CloudTrack:
                         for n in names))
 
 
+@cached(ignore=("progress",))  # a page's minute is these tracks: stored per run in <store>/derived
 def run_cloud(run, rows=None, block: int = 128, tensor: str = "W", progress: bool = False) -> CloudTrack:
     """The track of a recorded run's rows (default: every recorded row), streamed in blocks of steps."""
     from tqdm import tqdm
@@ -297,6 +299,7 @@ def row_selection(run, rows=None) -> tuple[np.ndarray, np.ndarray | None]:
     return ids, (None if np.array_equal(ids, np.asarray(run.tokens)) else ids)
 
 
+@cached
 def population_tracks(run, groups: dict[str, np.ndarray] | None = None, block: int = 128,
                       tensor: str = "W") -> dict[str, CloudTrack]:
     """One CloudTrack per group of token ids (default `populations(run)`: dead and live), reading each block

@@ -746,7 +746,17 @@ def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None, damage
         for path in doomed:
             path.unlink(missing_ok=True)
             (path.parent / _VERIFIED / path.name).unlink(missing_ok=True)
-    return doomed
+    return doomed + _collect_derived(store, doomed, dry_run)
+
+
+def _collect_derived(store: Path, doomed: list[Path], dry_run: bool) -> list[Path]:
+    """Derived results (experiments.derived) of every run no longer in the store, or about to leave it."""
+    from experiments import derived
+
+    gone = {Path(p).name for p in doomed}
+    live = {m["key"] for path in (store.glob("*.h5") if store.exists() else ())
+            if path.name not in gone and (m := _RUN_FILE.match(path.name))}
+    return derived.collect(store, live, dry_run=dry_run)
 
 
 def stale_runs(store: str | Path | None = None) -> list[dict]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.derived import cached
 from experiments.geometry import _row_changed, as_values, iter_blocks, row_norms, row_selection
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,6 +265,7 @@ def shell_motion(bits, steps=None, tokens=None) -> ShellMotion:
     return tracker.result()
 
 
+@cached
 def run_shell(run, rows=None, block: int = 64, tensor: str = "W") -> ShellMotion:
     """Shell motion of a recorded run's rows (default: the recorded dead rows), streamed in blocks of steps."""
     ids, selection = row_selection(run, rows)
@@ -273,6 +275,7 @@ def run_shell(run, rows=None, block: int = 64, tensor: str = "W") -> ShellMotion
     return tracker.result()
 
 
+@cached
 def run_cloud_and_shell(run, rows=None, block: int = 64, tensor: str = "W"):
     """(CloudTrack, ShellMotion) of a run's rows (default: the recorded dead rows) from one read of each block
     of steps: the same results as `geometry.run_cloud` and `run_shell`, reading the recording once."""
@@ -305,6 +308,7 @@ class RadialSplit:
     dr: np.ndarray
 
 
+@cached
 def radial_split(run, steps=range(1, 21), rows=None, tensor: str = "W") -> RadialSplit:
     """RadialSplit of a recorded run's rows (default: the recorded dead rows) at the given step numbers
     (each needs its predecessor recorded). A translation of a cloud centred on the origin adds ~nothing

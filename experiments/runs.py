@@ -503,6 +503,8 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
             print(f"plan: all {len(stored)} runs are in the store", file=out, flush=True)
         summary["seconds"] = time.monotonic() - started
         return summary
+    if len(missing) > STALE_WARNING:
+        _warn_stale(len(missing), out)
     total_steps = sum(int(cfg["train"]["steps"]) for _, cfg in missing.values())
     print(f"training {len(missing)} runs ({total_steps:,} steps, {max(1, min(jobs, len(missing)))} at a time); "
           f"{len(stored)} already in the store", file=out, flush=True)
@@ -757,6 +759,23 @@ def _collect_derived(store: Path, doomed: list[Path], dry_run: bool) -> list[Pat
     live = {m["key"] for path in (store.glob("*.h5") if store.exists() else ())
             if path.name not in gone and (m := _RUN_FILE.match(path.name))}
     return derived.collect(store, live, dry_run=dry_run)
+
+
+STALE_WARNING = 5  # a plan that trains more runs than this says whether code changes are why
+
+
+def _warn_stale(n_missing: int, out) -> None:
+    """Before a long retraining: how many stored runs the current code no longer matches, and which files."""
+    try:
+        stale = stale_runs()
+    except (OSError, DataError):
+        return
+    if not stale:
+        return
+    changed = sorted({c for r in stale for c in r["changed"]})
+    print(f"warning: {n_missing} runs to train; {len(stale)} stored runs no longer match the training code "
+          f"(changed: {', '.join(changed)}). `lab runs --stale` lists them; `lab runs --rekey` keeps those "
+          "whose change was only comments or docstrings.", file=out, flush=True)
 
 
 def stale_runs(store: str | Path | None = None) -> list[dict]:

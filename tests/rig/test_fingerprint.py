@@ -84,3 +84,17 @@ def test_lab_runs_stale_and_rekey_from_the_installed_command(store, tiny, sub_en
     out = subprocess.run([lab, "runs", "--rekey", "--dry-run"], env=sub_env(store), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "would re-key 0 run(s)" in out.stdout
+
+
+def test_a_render_plan_warns_before_retraining_stale_runs(store, tiny, monkeypatch):
+    import io
+
+    cfg = tiny(name="plan-stale")
+    experiments.run(cfg, progress=False)
+    _fake_edit(monkeypatch, "train", TRAIN_SRC.replace("step - 1", "step - 2", 1))
+    monkeypatch.setattr(R, "STALE_WARNING", 0)
+    monkeypatch.setattr(R, "_train_children", lambda todo, jobs, steps, out: (len(todo), []))  # plan only
+    out = io.StringIO()
+    summary = R.train_planned([{"config": cfg}], out=out)
+    assert summary["planned"] == 1 and summary["stored"] == 0
+    assert "1 stored runs no longer match the training code (changed: train.py)" in out.getvalue()

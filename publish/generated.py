@@ -1,9 +1,9 @@
 """Pages the renderer adds around the executed documents, as a docs tree of markdown + files.
 
-Home (index.qmd's body + a Findings grid of lore pages + the latest log entries), the Log index
-(log.qmd's body + feed link; the engine adds the post list, categories and archive), the Lore index
-(lore.qmd's body + a list of lore pages), the Runs page (every complete run in the store), and on
-every page its backlinks ("Mentioned in") and, on executed pages, an "Executed … · runs used" footer.
+The Log index (log.qmd's body + feed link; the engine adds the post list, categories and archive), redirects
+from the site's old URLs, and on every page its backlinks ("Mentioned in") and, on executed pages, an
+"Executed … · runs used" footer. Home cards, latest entries, the lore list and the Runs table are written by
+the pages' own Python chunks (publish/listings.py), so `quarto render` makes them too.
 
 Pure text generation: no site-engine calls here, so the engine can change without touching this.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from publish.layout import docs_path
+from publish.layout import docs_path, legacy_redirects, url_path
 
 RUN_FILE = re.compile(r"^(?P<name>.+)-(?P<key>[0-9a-f]{16})\.h5$")
 # Leading "YYYY-MM-DD-HHMM-" of a log file name: the blog URL already carries the date.
@@ -285,87 +285,14 @@ def with_front_matter(meta: dict, body: str) -> str:
 # --------------------------------------------------------------------------- listing pages
 
 
-def findings_grid(here: str, lore: list) -> str:
-    if not lore:
-        return ""
-    cards = []
-    for p in lore:
-        target = rel_link(here, page_path(p))
-        if p.figures:
-            thumb = f'[![{escape_md(title_of(p))}]({rel_link(here, p.figures[0])}){{ loading=lazy }}]({target})'
-        else:
-            thumb = '<span class="lab-thumb--none" data-search-exclude>no figure yet</span>'
-        desc = p.doc.meta.get("description") or ""
-        cards.append(f"-   {thumb}\n\n    **[{escape_md(title_of(p))}]({target})**\n\n    {desc}".rstrip())
-    return ('## Findings\n\n<div class="grid cards lab-findings" markdown>\n\n'
-            + "\n\n".join(cards) + "\n\n</div>\n")
-
-
-def latest_list(here: str, logs: list, n: int = LATEST_ON_HOME) -> str:
-    if not logs:
-        return ""
-    items = "\n".join(
-        f"- {when(p.doc.meta.get('date'))} · [{escape_md(title_of(p))}]({rel_link(here, page_path(p))})"
-        for p in logs[:n]
-    )
-    return f"## Latest log entries\n\n{items}\n\n[All entries →]({rel_link(here, docs_path('log.qmd'))})\n"
-
-
-def lore_list(here: str, lore: list) -> str:
-    if not lore:
-        return "*No lore pages yet.*\n"
-    lines = []
-    for p in lore:
-        desc = p.doc.meta.get("description")
-        line = f"- [{escape_md(title_of(p))}]({rel_link(here, page_path(p))})"
-        lines.append(f"{line} — {desc}" if desc else line)
-    return "\n".join(lines) + "\n"
-
-
-def runs_section(here: str, runs: list[RunInfo], used_by: dict[str, list]) -> str:
-    if not runs:
-        return "*No complete runs in the store yet.*\n"
-    out = [f"{len(runs)} complete run{'s' if len(runs) != 1 else ''} in the store, newest first.\n"]
-    for r in runs:
-        out.append(f"## {r.name} `{r.key[:8]}` {{ #run-{r.key} }}\n")
-        if r.error:
-            out.append(f"!!! warning\n    {r.error}\n")
-            continue
-        if r.description:
-            out.append(f"{r.description}\n")
-        facts = [f"key `{r.key}`", f"created {when(r.created) if r.created else '?'}"]
-        if r.steps_total is not None:
-            recorded = "" if r.steps_recorded is None else f" ({r.steps_recorded:,} recorded)"
-            facts.append(f"{r.steps_total:,} steps{recorded}")
-        facts.append(f"{size_text(r.size)} on disk")
-        out.append(" · ".join(facts) + "\n")
-        if r.summary:
-            # key=value chips wrap to the column; a one-row table of a dozen columns would scroll
-            chips = " ".join(f"`{k}={v}`" for k, v in r.summary)
-            out.append(f'<div class="lab-run" markdown>\n{chips}\n</div>\n')
-        users = used_by.get(r.key, [])
-        used = ", ".join(f"[{escape_md(title_of(p))}]({rel_link(here, page_path(p))})" for p in users)
-        out.append(f"Used by: {used or 'no page'}\n")
-    return "\n".join(out)
-
-
 # --------------------------------------------------------------------------- the docs tree
 
 
-def docs_tree(root: Path, pages: list, *, runs: list[RunInfo] | None = None) -> dict[str, bytes | str]:
+def docs_tree(root: Path, pages: list) -> dict[str, bytes | str]:
     """docs path → content (markdown as str, assets as bytes) for the whole site."""
     root = Path(root)
     by_path = {page_path(p): p for p in pages}
-    logs = log_pages(pages)
-    lore = lore_pages(pages)
     links_in = backlinks(pages)
-    runs = list_runs(store_dir(root)) if runs is None else runs
-    used_by: dict[str, list] = {}
-    for p in pages:
-        for r in p.runs or ():
-            users = used_by.setdefault(str(r.get("key")), [])
-            if p not in users:
-                users.append(p)
 
     home, log_index, lore_index, runs_page = (docs_path(x) for x in ("index.qmd", "log.qmd", "lore.qmd", "runs.qmd"))
     tree: dict[str, bytes | str] = {}
@@ -380,15 +307,11 @@ def docs_tree(root: Path, pages: list, *, runs: list[RunInfo] | None = None) -> 
         body = (failed_banner(page) + (page.markdown or "")) if page else ""
         if page is not None and page.doc.kind == "log":
             body = with_excerpt(body, page.doc.meta.get("description"))
-        if path == home:
-            body += "\n\n" + findings_grid(path, lore) + "\n" + latest_list(path, logs)
-        elif path == log_index:
+        # Home, Lore and Runs generate their lists themselves (publish/listings.py, from Python chunks), so
+        # `quarto render` produces them too; the feed link is the blog engine's own
+        if path == log_index:
             # raw HTML: the feed is made by the engine, so it is not a docs file a link checker knows
             body += f'\n\n<a href="{rel_link(path, FEED_FILE)}" class="lab-feed">RSS feed</a> of all entries.\n'
-        elif path == lore_index:
-            body += "\n\n" + lore_list(path, lore)
-        elif path == runs_page:
-            body += "\n\n" + runs_section(path, runs, used_by)
         if page is not None:
             body += executed_footer(path, page, runs_page)
         if path not in listing:  # the top pages are linked from every nav bar: backlinks there are noise
@@ -398,6 +321,17 @@ def docs_tree(root: Path, pages: list, *, runs: list[RunInfo] | None = None) -> 
         body = f"# {meta['title']}\n\n{body.lstrip()}"
         tree[path] = with_front_matter(meta, body)
     return tree
+
+
+def redirects(pages: list) -> dict[str, str]:
+    """Site path -> site path: `log.html` to the blog index (Quarto's URL of log.qmd), and every page's
+    directory URL from before the Quarto URL scheme to its `.html` URL (publish/layout.py)."""
+    out = {"log.html": "log/index.html"}
+    for p in pages:
+        date = p.doc.meta.get("date") if p.doc.kind == "log" else None
+        for old in legacy_redirects(p.doc.rel, post_slug(p.doc), date):
+            out[old] = url_path(p.doc.rel) if p.doc.rel != "log.qmd" else "log/index.html"
+    return out
 
 
 def write_tree(tree: dict[str, bytes | str], docs_dir: Path) -> None:

@@ -3,10 +3,17 @@
     index.qmd            -> index.md
     log.qmd              -> log/index.md           (the blog index)
     log/<stem>.qmd|.py   -> log/posts/<stem>.md    (mkdocs-material's blog plugin reads posts/ in the blog dir)
-    lore.qmd             -> lore/index.md
+    lore.qmd             -> lore.md
     lore/<stem>.qmd|.py  -> lore/<stem>.md
     <x>.qmd|.py          -> <x>.md
-Figures of a page go to `<docs dir of the page>/<stem>_files/` (Quarto's `<stem>_files/` convention).
+
+URLs are Quarto's, so a link into the site survives a change of renderer: every source `<x>.qmd` is served
+at `<x>.html` (`url_path`); the blog posts are published at `log/<stem>.html` (post_url_format `{file}`)
+and `log.html` is a redirect to the blog index `log/index.html`. Quarto cannot produce the directory URLs
+the site used before (`log/YYYY/MM/DD/<slug>/`, `lore/<x>/`) without renaming sources; mkdocs can produce
+file URLs. The old URLs are kept as redirects (`legacy_redirects`).
+Figures of a page go to `<source dir>/<stem>_files/figure-html/` and are named `<label>-output-<n>.png`
+(`cell-<n>-output-<n>.png` without a label), exactly where Quarto puts them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from pathlib import PurePosixPath
 
 from publish.sources import SOURCE_SUFFIXES
 
-SECTION_INDEX = {"log.qmd": "log/index.md", "lore.qmd": "lore/index.md"}
+SECTION_INDEX = {"log.qmd": "log/index.md"}
 
 
 def docs_path(rel_source: str) -> str:
@@ -57,9 +64,34 @@ def source_for(docs: str, sources: Iterable[str]) -> str | None:
 
 
 def figure_dir(rel_source: str) -> str:
-    """Docs-tree folder (posix, trailing slash) for the figures of the page rendered from `rel_source`."""
-    folder = posixpath.dirname(docs_path(rel_source))
-    return posixpath.join(folder, f"{PurePosixPath(rel_source).stem}_files") + "/"
+    """Docs-tree folder (posix, trailing slash) for the figures of the page rendered from `rel_source`: the
+    site path Quarto uses, `<source dir>/<stem>_files/figure-html/` (also for blog posts, whose pages live
+    under log/posts/ in the docs tree but are published at log/<stem>.html)."""
+    folder = posixpath.dirname(rel_source)
+    return posixpath.join(folder, f"{PurePosixPath(rel_source).stem}_files", "figure-html") + "/"
+
+
+def url_path(rel_source: str) -> str:
+    """Site-relative URL of the page rendered from `rel_source`, the same for `quarto render` and `lab
+    render`: `lore/x.qmd` -> `lore/x.html`, `log/<stem>.qmd` -> `log/<stem>.html`, `log.qmd` -> `log.html`."""
+    rel = PurePosixPath(rel_source)
+    if rel.suffix not in SOURCE_SUFFIXES:
+        raise ValueError(f"{rel_source}: not a source file (expected {' or '.join(SOURCE_SUFFIXES)})")
+    return rel.with_suffix(".html").as_posix()
+
+
+def legacy_redirects(rel_source: str, post_slug: str | None = None, date=None) -> list[str]:
+    """Site paths (`.../index.html`) of the directory URLs this page had before the Quarto scheme."""
+    rel = PurePosixPath(rel_source)
+    if rel.as_posix() == "index.qmd":
+        return []
+    if len(rel.parts) == 2 and rel.parts[0] == "log":
+        if date is None or post_slug is None:
+            return []
+        return [f"log/{date:%Y/%m/%d}/{post_slug}/index.html"]
+    if rel.as_posix() == "log.qmd":
+        return []
+    return [rel.with_suffix("").as_posix() + "/index.html"]
 
 
 def relative_link(from_docs: str, to_docs: str) -> str:

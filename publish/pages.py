@@ -106,7 +106,8 @@ class _Converted:
 
 
 def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dict, outputs: list,
-                     out: _Converted, markdown_links: Callable[[str], str] = lambda text: text) -> None:
+                     out: _Converted, markdown_links: Callable[[str], str] = lambda text: text,
+                     numbers: dict[str, int] | None = None) -> None:
     """Append the markdown (and assets) for one code cell's outputs to `out`.
 
     `markdown_links` rewrites the links of markdown the cell printed (`output: asis`, text/markdown), so a
@@ -114,6 +115,7 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     """
     asis = options["output"] == "asis"
     page = docs_path(doc.rel)
+    numbers = numbers or {}
     stream: list[str] = []
 
     errors: list[str] = []
@@ -130,6 +132,9 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     label = chunk.options.get("label")
     caption = chunk.options.get("fig-cap")
     alt = chunk.options.get("fig-alt") or caption or ""
+    number = numbers.get(str(label)) if label else None
+    if caption and number is not None:  # Quarto numbers figures whose chunk label starts with fig-
+        caption = f"Figure&nbsp;{number}: {caption}"
     n_image = 0
     for output in outputs:
         kind = output.get("output_type")
@@ -151,8 +156,9 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
         image_type = next((t for t in IMAGE_TYPES if t in data), None)
         if image_type:
             n_image += 1
+            # Quarto's file names: <label>-output-<n>, or cell-<n>-output-<n> without a label
             stem = re.sub(r"[^A-Za-z0-9_-]+", "-", label) if label else f"cell-{chunk_index + 1}"
-            rel = f"{figure_dir(doc.rel)}{stem}-{n_image}.{IMAGE_TYPES[image_type]}"
+            rel = f"{figure_dir(doc.rel)}{stem}-output-{n_image}.{IMAGE_TYPES[image_type]}"
             payload = data[image_type]
             out.assets[rel] = (_as_text(payload).encode("utf-8") if image_type == "image/svg+xml"
                                else base64.b64decode(_as_text(payload)))
@@ -175,6 +181,48 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     flush()
 
 
+# Quarto's cross-reference kinds: chunk label prefix -> (caption option, name in the text)
+CROSSREF_KINDS = {"fig": ("fig-cap", "Figure"), "tbl": ("tbl-cap", "Table")}
+_CROSSREF = re.compile(r"(?<![\w@.])(?P<neg>-?)@(?P<label>(?P<kind>[a-z]+)-[\w-]*\w)")
+
+
+def crossref_numbers(doc: Document) -> dict[str, int]:
+    """label -> number for every chunk labelled `fig-*` / `tbl-*`, counted per kind in document order,
+    as Quarto numbers them (a text chunk cannot carry such a label, see publish.sources)."""
+    counts: dict[str, int] = {}
+    numbers: dict[str, int] = {}
+    for chunk in doc.chunks:
+        label = str(chunk.options.get("label") or "")
+        kind = label.split("-", 1)[0]
+        if chunk.kind == "code" and "-" in label and kind in CROSSREF_KINDS:
+            counts[kind] = counts.get(kind, 0) + 1
+            numbers[label] = counts[kind]
+    return numbers
+
+
+def resolve_crossrefs(doc: Document, text: str, first_line: int, numbers: dict[str, int]) -> str:
+    """`@fig-x` -> `[Figure 2](#fig-x)` (Quarto's text for it); an unknown label is an error with file:line."""
+    from publish.links import _mask_code
+
+    masked = _mask_code(text)
+    pieces, last = [], 0
+    for m in _CROSSREF.finditer(masked):
+        if m.group("kind") not in CROSSREF_KINDS:
+            continue  # an e-mail-like word or a citation key, not a cross-reference
+        label = m.group("label")
+        line = first_line + text.count("\n", 0, m.start())
+        if label not in numbers:
+            raise SourceError(doc.path, line, f"cross-reference @{label}: no chunk of this document has "
+                                              f"`#| label: {label}`")
+        name = CROSSREF_KINDS[m.group("kind")][1]
+        shown = str(numbers[label]) if m.group("neg") else f"{name}&nbsp;{numbers[label]}"
+        pieces.append(text[last:m.start()])
+        pieces.append(f"[{shown}](#{label})")
+        last = m.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
 def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict) -> Page:
     """Convert `doc` (with outputs from `notebook`, or none) into a Page body; raises SourceError on bad links."""
     cells = {}
@@ -185,8 +233,10 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
                 cells[index] = cell
     out = _Converted()
     links_to: list[str] = []
+    numbers = crossref_numbers(doc)
 
     def markdown_links(text: str, line: int) -> str:
+        text = resolve_crossrefs(doc, text, line, numbers)
         rewritten = rewrite_links(doc, text, line, sources)
         links_to.extend(d for d in rewritten.links_to if d not in links_to)
         for dest, path in rewritten.files.items():
@@ -208,7 +258,7 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
         cell = cells.get(index)
         if cell is not None and options["output"] is not False:
             outputs_markdown(doc, index, chunk, options, cell.get("outputs", []), out,
-                             lambda text, line=chunk.line: markdown_links(text, line))
+                             lambda text, line=chunk.line: markdown_links(text, line), numbers)
     markdown = "\n\n".join(b for b in out.blocks if b) + "\n"
     return Page(doc=doc, status="static", markdown=markdown, assets=out.assets, figures=out.figures,
                 links_to=links_to)
@@ -315,7 +365,9 @@ def build_pages(
                 page.seconds = time.monotonic() - started
                 finish(page)
                 continue
-            reason = "forced" if _matches(doc, force) else cache.stale_reason(doc)
+            reason = ("forced" if _matches(doc, force) else
+                      "execute: freeze: false" if (doc.meta.get("execute") or {}).get("freeze") is False
+                      else cache.stale_reason(doc))
             # outside `only`, a stale entry is still shown as it is (the caller chose not to execute it)
             keep_stale = only_rels is not None and doc.rel not in only_rels and reason != "forced"
             entry = cache.load(doc) if reason is None or keep_stale else None

@@ -131,7 +131,7 @@ def navigation(settings: site.SiteSettings, pages: list) -> list:
         except ValueError as e:
             raise RenderError(f"_quarto.yml: website.navbar href {item.href!r}: {e}") from None
         if target == docs_path("lore.qmd") and lore:
-            nav.append({item.text: [target, *lore]})
+            nav.append({item.text: [target, *[p for p in lore if p != target]]})
         elif target == docs_path("log.qmd"):
             nav.append({item.text: [target]})  # a section: the blog engine hangs archive + categories in it
         else:
@@ -262,7 +262,8 @@ def publish_site(root: Path, settings: site.SiteSettings, pages: list, site_dir:
         stamp = site_dir / STAMP
         if stamp.is_file() and stamp.read_text().strip() == digest:
             return "unchanged:"
-        warnings = site.build(settings, docs_dir, built, nav, cache_dir=work / "rss-cache")
+        warnings = site.build(settings, docs_dir, built, nav, cache_dir=work / "rss-cache",
+                              redirects=generated.redirects(pages))
         broken = [w for w in warnings if "not found among documentation files" in w]
         if broken:
             raise RenderError("broken links:\n  " + "\n  ".join(broken))

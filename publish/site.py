@@ -147,7 +147,8 @@ def mkdocs_config(
                 # A lab log is read by time of day as much as by date.
                 "post_date_format": "yyyy-MM-dd HH:mm",
                 "post_url_date_format": "yyyy/MM/dd",
-                "post_url_format": "{date}/{slug}",
+                # log/<file stem>.html: Quarto's URL for log/<stem>.qmd (publish/layout.py)
+                "post_url_format": "{file}",
                 "post_excerpt": "optional",
                 "post_readtime": False,
                 "archive": True,
@@ -185,7 +186,7 @@ def mkdocs_config(
         "site_description": settings.description,
         "docs_dir": str(docs_dir),
         "site_dir": str(site_dir),
-        "use_directory_urls": True,
+        "use_directory_urls": False,  # <x>.html, as Quarto publishes <x>.qmd
         "nav": nav,
         "theme": {
             "name": "material",
@@ -291,8 +292,33 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def build(settings: SiteSettings, docs_dir: Path, site_dir: Path, nav: list, *, cache_dir: Path) -> list[str]:
+def redirect_html(target: str) -> str:
+    """A page that sends the browser to `target` (a relative URL), for URLs the site no longer serves."""
+    import html as _html
+
+    t = _html.escape(target, quote=True)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Redirect</title>'
+            f'<link rel="canonical" href="{t}"><meta http-equiv="refresh" content="0; url={t}">'
+            f'</head><body><a href="{t}">{t}</a></body></html>\n')
+
+
+def write_redirects(site_dir: Path, redirects: dict[str, str]) -> None:
+    """site path -> site path of the page it now is; never replaces a file the build made."""
+    import posixpath
+
+    for path, target in sorted(redirects.items()):
+        dest = Path(site_dir) / path
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(redirect_html(posixpath.relpath(target, posixpath.dirname(path) or ".")), encoding="utf-8")
+
+
+def build(settings: SiteSettings, docs_dir: Path, site_dir: Path, nav: list, *, cache_dir: Path,
+          redirects: dict[str, str] | None = None) -> list[str]:
     """Build `docs_dir` into `site_dir` (created / emptied). Returns the engine's warnings.
+
+    `redirects`: site path -> site path, written as redirect pages after the build.
 
     Raises SiteError when the engine fails; `site_dir` is then incomplete and the caller discards it.
     """
@@ -325,6 +351,7 @@ def build(settings: SiteSettings, docs_dir: Path, site_dir: Path, nav: list, *, 
         logger.removeHandler(collect)
         logger.setLevel(old_level)
     copy_mathjax(site_dir / MATHJAX_DIR)
+    write_redirects(site_dir, redirects or {})
     return collect.messages
 
 

@@ -21,9 +21,20 @@ SOURCE_SUFFIXES = (".qmd", ".py")
 
 # Chunk options we implement (Quarto names). Anything else is an error so a typo never silently does nothing.
 CHUNK_OPTIONS = frozenset(
-    {"label", "fig-cap", "fig-alt", "echo", "output", "eval", "warning", "error", "include",
+    {"label", "fig-cap", "fig-alt", "tbl-cap", "echo", "output", "eval", "warning", "error", "include",
      "code-fold", "code-summary"}
 )
+# Front matter keys we implement; any other is an error naming it (Quarto would act on it, we would not).
+FRONT_MATTER_KEYS = frozenset({"title", "description", "date", "categories", "order", "execute", "listing",
+                               "jupyter"})
+# execute: keys (front matter or _quarto.yml) we implement
+EXECUTE_KEYS = frozenset({"echo", "eval", "output", "warning", "error", "include", "timeout", "freeze"})
+# _quarto.yml top-level keys we implement (format: only html; see publish/site.py for website:)
+PROJECT_KEYS = frozenset({"project", "website", "format", "execute"})
+FREEZE_HELP = ("Quarto's freeze reuses a page's results as long as its source text is unchanged, so it would "
+               "serve a LAB_SMOKE=1 render on the real site and a page whose experiments changed; use "
+               "`freeze: false` (lab render's document cache is exact: it re-executes a page when its source, "
+               "a module or file it read, a run it loaded, LAB_SMOKE or LAB_STORE changed)")
 _OPTION_VALUES = {
     "echo": (True, False, "fenced"),
     "output": (True, False, "asis"),
@@ -105,7 +116,44 @@ def load_project(root: Path | str) -> dict:
         return {}
     if not isinstance(config, dict):
         raise SourceError(path, 1, "_quarto.yml must be a mapping")
+    validate_project(config, path)
     return config
+
+
+def _line_of(path: Path, key: str) -> int | None:
+    try:
+        for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.match(rf"^\s*{re.escape(key)}\s*:", text):
+                return n
+    except OSError:
+        pass
+    return None
+
+
+def validate_project(config: dict, path: Path) -> None:
+    """What `lab render` would not honour in _quarto.yml is an error naming the key."""
+    for key in config:
+        if key not in PROJECT_KEYS:
+            raise SourceError(path, _line_of(path, key), f"key {key!r} is not supported by lab render "
+                                                         f"(supported: {', '.join(sorted(PROJECT_KEYS))})")
+    execute = config.get("execute") or {}
+    if not isinstance(execute, dict):
+        raise SourceError(path, _line_of(path, "execute"), "execute: must be a mapping")
+    validate_execute(execute, path, _line_of(path, "execute"), project=True)
+    fmt = config.get("format") or {}
+    if isinstance(fmt, dict):
+        for key in fmt:
+            if key != "html":
+                raise SourceError(path, _line_of(path, key), f"format {key!r}: lab render builds html only")
+
+
+def validate_execute(execute: dict, path: Path, line: int | None, project: bool = False) -> None:
+    for key, value in execute.items():
+        if key not in EXECUTE_KEYS:
+            raise SourceError(path, line, f"execute: key {key!r} is not supported by lab render "
+                                          f"(supported: {', '.join(sorted(EXECUTE_KEYS))})")
+        if key == "freeze" and value is not False:
+            raise SourceError(path, line, f"execute: freeze: {value!r} is not supported: {FREEZE_HELP}")
 
 
 def discover(root: Path | str) -> list[Path]:
@@ -115,13 +163,17 @@ def discover(root: Path | str) -> list[Path]:
     patterns = (config.get("project") or {}).get("render")
     if patterns is None:
         patterns = ["*.qmd", "**/*.qmd"]
+    # Quarto's globs: a pattern starting with "/" is anchored at the project root, any other one matches at
+    # every depth ("log/*.qmd" is "**/log/*.qmd", so it also finds tests/fixtures/.../log/*.qmd)
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
         raise SourceError(root / "_quarto.yml", None, "project.render must be a list of glob patterns")
     found: list[Path] = []
     seen: set[Path] = set()
     for pattern in patterns:
         negate = pattern.startswith("!")  # Quarto's syntax for excluding files
-        matches = sorted(Path(p) for p in glob.glob(pattern.lstrip("!"), root_dir=root, recursive=True))
+        body = pattern.lstrip("!")
+        body = body[1:] if body.startswith("/") else (body if body.startswith("**/") else "**/" + body)
+        matches = sorted(Path(p) for p in glob.glob(body, root_dir=root, recursive=True))
         for rel in matches:
             path = root / rel
             if negate:
@@ -129,7 +181,8 @@ def discover(root: Path | str) -> list[Path]:
                     seen.discard(path)
                     found.remove(path)
                 continue
-            if path.is_file() and path not in seen and not rel.name.startswith(("_", ".")):
+            hidden = any(part.startswith(("_", ".")) for part in rel.parts)  # Quarto skips _x/ and .x/
+            if path.is_file() and path not in seen and not hidden:
                 seen.add(path)
                 found.append(path)
     return found
@@ -194,6 +247,23 @@ def validate_meta(meta: dict, kind: str, path: Path, key_lines: dict[str, int], 
     def key_line(key: str) -> int:
         return key_lines.get(key, line)
 
+    for key in meta:
+        if key not in FRONT_MATTER_KEYS:
+            raise SourceError(path, key_line(key), f"front matter key {key!r} is not supported by lab render "
+                                                   f"(supported: {', '.join(sorted(FRONT_MATTER_KEYS))})")
+    execute = meta.get("execute")
+    if execute is not None:
+        if not isinstance(execute, dict):
+            raise SourceError(path, key_line("execute"), "`execute` must be a mapping")
+        validate_execute(execute, path, key_line("execute"))
+    listing = meta.get("listing")
+    if listing is not None:
+        # the log's post list is the blog engine's; any other listing would be missing from our site
+        contents = listing.get("contents") if isinstance(listing, dict) else None
+        if path.name != "log.qmd" or contents != "log":
+            raise SourceError(path, key_line("listing"), "front matter key 'listing' is supported only in "
+                                                         "log.qmd with `contents: log` (the blog's list); "
+                                                         "generate other lists with a chunk (publish.listings)")
     title = meta.get("title")
     if not isinstance(title, str) or not title.strip():
         raise SourceError(path, key_line("title"), "front matter needs a non-empty `title`")

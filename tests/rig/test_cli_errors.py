@@ -1,0 +1,65 @@
+"""Every failure of a `lab` command is one line naming the key, file or device: no traceback reaches the user.
+
+Each case runs the real `lab` console script as a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import experiments
+
+from .test_integrity import lab, one_line
+
+
+def test_nan_learning_rate_names_the_key(tmp_path, sub_env):
+    out = lab(tmp_path, sub_env, "train", "flannel-1", "--set", "optim.lr=nan")
+    assert out.returncode == 2 and out.stdout == ""
+    assert one_line(out.stderr) == "lab train: error: optim.lr: must be a finite number, got nan (--set optim.lr=nan)"
+
+
+def test_a_device_this_machine_lacks_names_the_devices_it_has(tmp_path, sub_env):
+    out = lab(tmp_path, sub_env, "train", "flannel-1", "--device", "cuda:7")
+    assert out.returncode == 2
+    line = one_line(out.stderr)
+    assert line.startswith("lab train: error: --device cuda:7: ") and "devices found: cpu" in line
+    assert "no CUDA on this machine" in line or "CUDA device(s)" in line  # a CPU-only torch, or fewer GPUs
+
+
+def test_a_hyper_parameter_that_is_not_a_number_names_the_key(tmp_path, sub_env):
+    out = lab(tmp_path, sub_env, "verify", "flannel-7", "--hyper", "beta2=abc")
+    assert out.returncode == 2
+    assert one_line(out.stderr) == "lab verify: error: --hyper beta2: must be a number, got 'abc'"
+
+
+def test_a_run_deleted_while_listing_is_left_out(store, tiny, tmp_path, sub_env):
+    kept = experiments.run(tiny(), progress=False)
+    gone = experiments.run(tiny(name="gone"), progress=False)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # the race, made certain: the file vanishes between the store's listing and reading its size
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import os, pathlib
+        _glob = pathlib.Path.glob
+        def glob(self, pattern):
+            found = list(_glob(self, pattern))
+            if pattern == "*.h5" and os.path.exists({str(gone.path)!r}):
+                os.unlink({str(gone.path)!r})
+            return iter(found)
+        pathlib.Path.glob = glob
+    """))
+    out = lab(store, sub_env, "runs", hooks=hooks)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert kept.key in out.stdout and gone.key not in out.stdout and not gone.path.exists()
+
+
+def test_show_of_a_truncated_run_says_the_file_is_damaged(store, tiny, sub_env):
+    run = experiments.run(tiny(), progress=False)
+    size = run.path.stat().st_size
+    os.truncate(run.path, size // 2)
+    out = lab(store, sub_env, "show", run.key)
+    assert out.returncode == 2
+    line = one_line(out.stderr)
+    assert line.startswith(f"lab show: error: {run.path}: the run file is damaged: truncated: ")
+    assert f"of {size:,} bytes" in line and "lab gc --damaged" in line

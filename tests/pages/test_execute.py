@@ -111,11 +111,11 @@ def test_options_figures_and_hidden_cells(project, put):
     assert "<table class='t'><tr><td>cell</td></tr></table>" in md
 
     # the figure: a PNG asset next to the page, referenced relatively, with caption and alt text
-    assert page.figures == ["lore/showcase_files/fig-curve-1.png"]
-    width, _ = png_size(page.assets["lore/showcase_files/fig-curve-1.png"])
+    assert page.figures == ["lore/showcase_files/figure-html/fig-curve-output-1.png"]
+    width, _ = png_size(page.assets["lore/showcase_files/figure-html/fig-curve-output-1.png"])
     assert width > 800  # 200 dpi: a default 6.4-inch figure is ~1000+ px wide (72 dpi would be ~450)
-    assert ('<figure markdown="span">\n![a rising line](showcase_files/fig-curve-1.png)\n'
-            '<figcaption markdown="span">A curve, at 200 dpi</figcaption>\n</figure>') in md
+    assert ('<figure markdown="span">\n![a rising line](showcase_files/figure-html/fig-curve-output-1.png)\n'
+            '<figcaption markdown="span">Figure&nbsp;1: A curve, at 200 dpi</figcaption>\n</figure>') in md
 
     # no hidden cell leaks into the cached notebook
     from publish import cache

@@ -14,7 +14,7 @@ from publish.sources import SourceError, read_all
         ("log.qmd", "log/index.md"),
         ("log/2026-11-22-0548-flannel-1-first-look.qmd", "log/posts/2026-11-22-0548-flannel-1-first-look.md"),
         ("log/2026-11-22-0600-x.py", "log/posts/2026-11-22-0600-x.md"),
-        ("lore.qmd", "lore/index.md"),
+        ("lore.qmd", "lore.md"),
         ("lore/inhale.py", "lore/inhale.md"),
         ("runs.qmd", "runs.md"),
     ],
@@ -25,9 +25,10 @@ def test_layout_round_trip(source, docs):
 
 
 def test_figure_dir():
-    assert figure_dir("log/2026-11-22-0600-x.py") == "log/posts/2026-11-22-0600-x_files/"
-    assert figure_dir("lore/inhale.qmd") == "lore/inhale_files/"
-    assert figure_dir("index.qmd") == "index_files/"
+    # where Quarto puts them, so both renderers publish a figure at the same URL
+    assert figure_dir("log/2026-11-22-0600-x.py") == "log/2026-11-22-0600-x_files/figure-html/"
+    assert figure_dir("lore/inhale.qmd") == "lore/inhale_files/figure-html/"
+    assert figure_dir("index.qmd") == "index_files/figure-html/"
 
 
 def test_find_links_skips_code_and_knows_images():

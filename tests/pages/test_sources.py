@@ -12,7 +12,7 @@ title: "Flannel 1: first look"
 date: 2026-11-22 05:48
 categories: [flannel, adam]
 description: The first look.
-toc-depth: 2
+order: 2
 ---
 
 Some prose with $x^2$.
@@ -45,7 +45,6 @@ def test_qmd_chunks_options_and_lines(project, put):
     assert doc.meta["title"] == "Flannel 1: first look"
     assert doc.meta["date"] == dt.datetime(2026, 11, 22, 5, 48)
     assert doc.meta["categories"] == ["flannel", "adam"]
-    assert doc.meta["toc-depth"] == 2  # other Quarto keys pass through
     kinds = [c.kind for c in doc.chunks]
     assert kinds == ["markdown", "code", "markdown"]
     first, code, last = doc.chunks
@@ -208,3 +207,18 @@ def test_same_stem_pages_in_different_folders_are_fine(project, put):
     put(project, "index.qmd", "---\ntitle: Home\n---\n")
     put(project, "notes/index.qmd", "---\ntitle: Notes\n---\n")
     assert [d.rel for d in read_all(project)] == ["index.qmd", "notes/index.qmd"]
+
+
+def test_unsupported_front_matter_and_project_keys_name_the_key(project, put):
+    path = put(project, "lore/x.qmd", "---\ntitle: X\ntoc-depth: 2\n---\n\nText.\n")
+    with pytest.raises(SourceError, match="'toc-depth' is not supported") as err:
+        read_document(path, project)
+    assert err.value.line == 3
+    path = put(project, "lore/y.qmd", "---\ntitle: Y\nlisting:\n  contents: lore\n---\n\nText.\n")
+    with pytest.raises(SourceError, match="listing"):
+        read_document(path, project)
+    from publish.sources import load_project
+
+    (project / "_quarto.yml").write_text((project / "_quarto.yml").read_text() + "execute:\n  freeze: auto\n")
+    with pytest.raises(SourceError, match="freeze: 'auto' is not supported"):
+        load_project(project)

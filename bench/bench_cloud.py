@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", action="store_true", help="open with experiments.run (may train) instead of find")
     args = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ["LAB_DERIVED"] = "0"  # time the analyses, not a read of their stored results
 
     run = experiments.run(args.run, progress=False) if args.train else experiments.find(args.run)
     dead = geometry.populations(run)["dead"]

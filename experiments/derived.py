@@ -224,7 +224,8 @@ def _call(fn, sig: inspect.Signature, ignore: tuple, args, kwargs) -> Call | Non
     ident = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     call_id = hashlib.sha256(json.dumps([function, arguments], sort_keys=True).encode()).hexdigest()[:12]
     keys = "+".join(sorted({r.key for r in runs}))
-    path = Path(runs[0].path).parent / DIRNAME / keys / f"{fn.__qualname__}-{call_id}-{ident[:12]}.npz"
+    name = re.sub(r"[^\w.]+", "_", fn.__qualname__)  # a nested function's "<locals>" is no file name
+    path = Path(runs[0].path).parent / DIRNAME / keys / f"{name}-{call_id}-{ident[:12]}.npz"
     return Call(path, ident, meta, set(code))
 
 

@@ -310,6 +310,51 @@ def _failed(doc: Document, error: Exception, seconds: float, sources: set[str], 
     return page
 
 
+def _unfrozen(doc: Document) -> bool:
+    """`execute: freeze: false` in the front matter: a page listing the project (Home, Lore, Runs). Quarto
+    executes it at every render; we do when the page's own inputs changed (the cache) or when any source or
+    run of the project did (which its chunks read through publish.listings)."""
+    return (doc.meta.get("execute") or {}).get("freeze") is False
+
+
+def _listing_digest(root: Path) -> str:
+    import hashlib
+    import os
+
+    from publish.listings import thumbnail
+    from publish.sources import discover, read_document
+
+    h = hashlib.sha256()
+    for path in discover(root):  # what the listings show of each source: front matter and first figure
+        try:
+            doc = read_document(path, root)
+            shown = repr((doc.rel, sorted((k, str(v)) for k, v in doc.meta.items()), thumbnail(doc)))
+        except SourceError as e:
+            shown = str(e)
+        h.update(shown.encode() + b"\0")
+    plan = root / "_runs.yml"
+    if plan.is_file():
+        h.update(cache.sha256(plan).encode())
+    store = Path(os.environ.get("LAB_STORE") or root / "store")
+    if store.is_dir():
+        for run in sorted(store.glob("*.h5")):
+            st = run.stat()
+            h.update(f"{run.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _digest_path(doc: Document) -> Path:
+    notebook = cache.entry_paths(doc)[1]
+    return notebook.with_name(notebook.name + ".listing")
+
+
+def _saved_digest(doc: Document) -> str | None:
+    try:
+        return _digest_path(doc).read_text()
+    except OSError:
+        return None
+
+
 def build_pages(
     root: Path | str,
     docs: list[Document],
@@ -365,9 +410,9 @@ def build_pages(
                 page.seconds = time.monotonic() - started
                 finish(page)
                 continue
-            reason = ("forced" if _matches(doc, force) else
-                      "execute: freeze: false" if (doc.meta.get("execute") or {}).get("freeze") is False
-                      else cache.stale_reason(doc))
+            reason = "forced" if _matches(doc, force) else cache.stale_reason(doc)
+            if reason is None and _unfrozen(doc) and _listing_digest(root) != _saved_digest(doc):
+                reason = "execute: freeze: false, and the project's sources or runs changed"
             # outside `only`, a stale entry is still shown as it is (the caller chose not to execute it)
             keep_stale = only_rels is not None and doc.rel not in only_rels and reason != "forced"
             entry = cache.load(doc) if reason is None or keep_stale else None
@@ -383,8 +428,11 @@ def build_pages(
     def run(doc: Document) -> Page:
         started = time.monotonic()
         try:
+            digest = _listing_digest(root) if _unfrozen(doc) else None
             execution = execute(doc, project=project, timeout=timeout)
             cache.store(doc, execution)
+            if digest is not None:
+                _digest_path(doc).write_text(digest)
             entry = cache.Entry(record=cache.load_record(doc) or {}, notebook=execution.notebook)
             page = _from_entry(doc, entry, sources, project, "executed", time.monotonic() - started)
             page.execute_seconds = execution.seconds

@@ -80,7 +80,7 @@ def shot(page, name: str) -> None:
 
 
 def test_entry_typesets_math_and_loads_figures(browser, site_url):
-    page, problems = open_page(browser, f"{site_url}/log/2026/11/20/first-look/")
+    page, problems = open_page(browser, f"{site_url}/log/2026-11-20-0930-first-look.html")
     page.wait_for_selector("mjx-container", timeout=15_000)  # MathJax, from the site itself
     assert page.locator("mjx-container").count() >= 2  # inline math in the text and in the caption
     images = page.locator("article img")
@@ -92,8 +92,8 @@ def test_entry_typesets_math_and_loads_figures(browser, site_url):
     assert problems == []
 
 
-@pytest.mark.parametrize("path,name", [("", "home"), ("log/", "log"), ("lore/curve/", "lore-curve"),
-                                       ("runs/", "runs"), ("log/2026/11/21/second-look/", "percent-entry")])
+@pytest.mark.parametrize("path,name", [("", "home"), ("log/index.html", "log"), ("lore/curve.html", "lore-curve"),
+                                       ("runs.html", "runs"), ("log/2026-11-21-1415-second-look.html", "percent-entry")])
 def test_pages_load_without_errors(browser, site_url, path, name):
     page, problems = open_page(browser, f"{site_url}/{path}")
     assert page.locator(".md-content h1").count() >= 1
@@ -106,7 +106,7 @@ def test_home_thumbnail_links_to_the_finding(browser, site_url):
     thumb = page.locator(".lab-findings img").first
     assert thumb.evaluate("i => i.naturalWidth") > 100
     page.locator(".lab-findings a", has_text="The curve").first.click()
-    page.wait_for_url("**/lore/curve/")
+    page.wait_for_url("**/lore/curve.html")
     assert "The curve" in page.locator("article h1").inner_text()
     assert problems == []
 

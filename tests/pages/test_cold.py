@@ -58,7 +58,7 @@ def tree_digest(folder: Path) -> str:
 
 
 def page(root: Path, stem: str) -> str:
-    return (root / "site" / "lore" / stem / "index.html").read_text(encoding="utf-8")
+    return (root / "site" / "lore" / f"{stem}.html").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------- failures

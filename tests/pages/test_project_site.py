@@ -43,8 +43,8 @@ def test_every_real_page_renders_under_the_smoke_profile(tmp_path, capsys, monke
     assert executed, captured.out
     site = root / "site"
     assert (site / "index.html").is_file()
-    runs = (site / "runs/index.html").read_text(encoding="utf-8")
+    runs = (site / "runs.html").read_text(encoding="utf-8")
     assert "Used by:" in runs and "Used by: no page" not in runs  # every smoke run is used by a page
     for src in sources:
         if src.startswith("lore/"):
-            assert (site / "lore" / Path(src).stem / "index.html").is_file(), src
+            assert (site / "lore" / f"{Path(src).stem}.html").is_file(), src

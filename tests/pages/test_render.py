@@ -85,10 +85,10 @@ def test_log_lists_entries_newest_first_with_time_categories_and_archive(built):
     page = html(site, "log/index.html")
     assert page.index("Second look") < page.index("First look")
     assert "2026-11-21 14:15" in page and "2026-11-20 09:30" in page
-    assert (site / "log/category/flannel/index.html").is_file()
-    radius = html(site, "log/category/radius/index.html")
+    assert (site / "log/category/flannel.html").is_file()
+    radius = html(site, "log/category/radius.html")
     assert "First look" in radius and "Second look" in radius
-    assert (site / "log/archive/2026/11/index.html").is_file()
+    assert (site / "log/archive/2026/11.html").is_file()
 
 
 def test_rss_feed_has_every_entry(built):
@@ -97,14 +97,14 @@ def test_rss_feed_has_every_entry(built):
     titles = [item.findtext("title") for item in feed.iter("item")]
     assert sorted(titles) == ["First look", "Second look"]
     links = [item.findtext("link") for item in feed.iter("item")]
-    assert all(link.startswith("https://example.org/fixture/log/2026/") for link in links)
+    assert all(link.startswith("https://example.org/fixture/log/2026-") for link in links)
     assert 'href="../feed_rss_created.xml"' in html(site, "log/index.html")
 
 
 def test_figures_exist_are_referenced_and_captioned(built):
     _, site, _ = built
-    page_dir = site / "log/2026/11/20/first-look"
-    page = (page_dir / "index.html").read_text(encoding="utf-8")
+    page_dir = site / "log"
+    page = (page_dir / "2026-11-20-0930-first-look.html").read_text(encoding="utf-8")
     srcs = re.findall(r'<img[^>]*src="([^"]+\.png)"', page)
     assert srcs, "no figure on the page"
     for src in srcs:
@@ -116,31 +116,31 @@ def test_figures_exist_are_referenced_and_captioned(built):
 
 def test_echo_and_code_fold(built):
     _, site, _ = built
-    entry = html(site, "log/2026/11/20/first-look/index.html")
+    entry = html(site, "log/2026-11-20-0930-first-look.html")
     assert "TOTAL=55" in entry
     assert "sum(range(1, 11))" not in entry  # echo: false hides the code
-    lore = html(site, "lore/curve/index.html")
+    lore = html(site, "lore/curve.html")
     assert re.search(r"<details[^>]*>\s*<summary>Code</summary>", lore)  # code-fold: true
 
 
 def test_links_become_page_links_and_backlinks(built):
     _, site, _ = built
-    entry = html(site, "log/2026/11/20/first-look/index.html")
-    assert 'href="../../../../../lore/curve/"' in entry
-    curve = html(site, "lore/curve/index.html")
+    entry = html(site, "log/2026-11-20-0930-first-look.html")
+    assert 'href="../lore/curve.html"' in entry
+    curve = html(site, "lore/curve.html")
     backlinks = curve[curve.index("Mentioned in"):]
     assert "First look" in backlinks
-    plain = html(site, "lore/plain/index.html")
+    plain = html(site, "lore/plain.html")
     backlinks = plain[plain.index("Mentioned in"):]
     assert "Second look" in backlinks and "The curve" in backlinks
 
 
 def test_executed_pages_say_when_and_which_runs(built):
     _, site, _ = built
-    curve = html(site, "lore/curve/index.html")
+    curve = html(site, "lore/curve.html")
     assert re.search(r"Executed \d{4}-\d{2}-\d{2} \d{2}:\d{2}", curve)
     assert "runs used: none" in curve
-    assert "Executed" not in html(site, "lore/plain/index.html")
+    assert "Executed" not in html(site, "lore/plain.html")
 
 
 def test_home_links_findings_with_thumbnails_and_latest_entries(built):
@@ -148,21 +148,21 @@ def test_home_links_findings_with_thumbnails_and_latest_entries(built):
     home = html(site, "index.html")
     findings = home[home.index("Findings"):]
     assert "The curve" in findings and "A plain page" in findings
-    assert re.search(r'<img[^>]*src="lore/curve_files/fig-curve-1\.png"', findings)
+    assert re.search(r'<img[^>]*src="lore/curve_files/figure-html/fig-curve-output-1\.png"', findings)
     assert home.index("Second look") < home.index("First look")
 
 
 def test_lore_index_and_runs_page(built):
     _, site, _ = built
-    lore = html(site, "lore/index.html")
+    lore = html(site, "lore.html")
     assert "The curve" in lore and "A plain page" in lore
-    assert "No complete runs" in html(site, "runs/index.html")
+    assert "No complete runs" in html(site, "runs.html")
 
 
 def test_math_is_served_from_the_site_and_nothing_from_the_web(built):
     _, site, _ = built
     assert (site / "assets/mathjax/tex-svg.js").is_file()
-    assert "arithmatex" in html(site, "log/2026/11/20/first-look/index.html")
+    assert "arithmatex" in html(site, "log/2026-11-20-0930-first-look.html")
     for page in site.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
         remote = re.findall(r'(?:src|href)="(https?://[^"]+)"', text)
@@ -184,13 +184,15 @@ def test_second_render_executes_nothing_and_keeps_the_site(tmp_path, capsys, mon
     assert "0 executed" in out and set(statuses(out).values()) <= {"reused", "static"}
     assert tree_digest(root / "site") == before
 
-    # One entry edited: that entry runs again, nothing else.
+    # One entry edited: that entry runs again, and the two listing pages that read it (Home, Lore: their
+    # chunks read every source through publish.listings, so the cache records the sources as files read)
     entry = root / "log/2026-11-21-1415-second-look.py"
     entry.write_text(entry.read_text().replace("6 * 7", "6 * 8"))
     assert render(root, jobs=2) == 0
     st = statuses(capsys.readouterr().out)
-    assert [k for k, v in st.items() if v == "executed"] == ["log/2026-11-21-1415-second-look.py"]
-    assert "SECOND-ENTRY-OUTPUT 48" in html(root / "site", "log/2026/11/21/second-look/index.html")
+    assert sorted(k for k, v in st.items() if v == "executed") == [
+        "index.qmd", "log/2026-11-21-1415-second-look.py", "lore.qmd"]
+    assert "SECOND-ENTRY-OUTPUT 48" in html(root / "site", "log/2026-11-21-1415-second-look.html")
 
     # The imported project module edited: exactly the two documents that import it run again.
     helpers = root / "helpers.py"
@@ -205,7 +207,8 @@ def test_second_render_executes_nothing_and_keeps_the_site(tmp_path, capsys, mon
     assert render(root, jobs=2) == 0
     st = statuses(capsys.readouterr().out)
     assert sorted(k for k, v in st.items() if v == "executed") == [
-        "log/2026-11-20-0930-first-look.qmd", "log/2026-11-21-1415-second-look.py", "lore/curve.qmd"]
+        "index.qmd", "log/2026-11-20-0930-first-look.qmd", "log/2026-11-21-1415-second-look.py", "lore.qmd",
+        "lore/curve.qmd", "runs.qmd"]
 
 
 def test_render_only_named_documents(tmp_path, capsys, monkeypatch):
@@ -278,4 +281,4 @@ def test_keep_going_publishes_the_rest_and_reports_every_failure(tmp_path, capsy
     assert "boom lore/curve.qmd" in captured.err
     st = statuses(captured.out)
     assert st["log/2026-11-21-1415-second-look.py"] == "executed"
-    assert "This page failed to execute" in html(root / "site", "lore/curve/index.html")
+    assert "This page failed to execute" in html(root / "site", "lore/curve.html")

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,8 @@ def validate(cfg: dict, origins: dict | None = None) -> None:
             fail(dotted, f"must be an integer, got {v!r}")
         if not _is_num(v):
             fail(dotted, f"must be a number, got {v!r}")
+        if not math.isfinite(v):  # NaN compares false with every bound: it would slip through to torch
+            fail(dotted, f"must be a finite number, got {v!r}")
         if not integer:
             v = cfg[section][key] = float(v)
         if low is not None and (v <= low if strict else v < low):

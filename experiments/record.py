@@ -224,6 +224,40 @@ class Recorder:
             self._write(name, lambda name=name, arr=arr: self._put(name, a, np.atleast_1d(arr)))
         self._scalar_at = a + len(loss)
 
+    def rows_upto(self, step: int) -> int:
+        """How many rows of the step tensors hold steps 0..`step`."""
+        return int(np.searchsorted(self.steps, step, side="right"))
+
+    def checkpoint(self) -> None:
+        """Make everything written so far durable: HDF5 writes its caches, the OS its buffers.
+
+        A process killed after this leaves a file whose rows up to now read back intact (each chunk and, in
+        schema 2, each metadata block carries a checksum, so a block torn by the kill fails loudly)."""
+        def _flush() -> None:
+            self.f.flush()
+            os.fsync(self.f.id.get_vfd_handle())
+
+        self._write("a checkpoint", _flush)
+
+    def adopt(self, partial: str | Path, step: int) -> None:
+        """Continue a recording killed after its checkpoint at `step`: copy steps 0..`step` of every tensor and
+        the scalars of steps 1..`step` from the killed file `partial` into this (fresh) one, in order, so the
+        digest sees the same bytes as an uninterrupted run. Raises DataError if the old rows do not read back."""
+        clear_consistency_flags(partial)
+        rows = self.rows_upto(step)
+        try:
+            with h5py.File(partial, "r") as old:
+                for name in ("loss", "lr", "clip_scale"):
+                    self._write(name, lambda name=name: self._put(name, 0, old[name][:step]))
+                self._scalar_at = step
+                for name in self.tensors:
+                    for start in range(0, rows, 64):  # blocks of steps: memory stays small
+                        block = old[name][start:min(rows, start + 64)]
+                        self._write(f"{name} rows {start}..", lambda n=name, s=start, b=block: self._put(n, s, b))
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"{partial}: the interrupted recording does not read back up to step {step}: "
+                            f"{h5_reason(e)}") from None
+
     def finish(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark complete, flush and fsync. Only after this may the file be renamed to its final name."""
         if self._scalar_at != self.steps_total:
@@ -276,3 +310,60 @@ class Recorder:
             pass
         finally:
             self._ds.clear()
+
+
+# --------------------------------------------------------------------------- a file left by a killed writer
+
+
+def _lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 `hashlittle`, the checksum of HDF5's metadata (H5_checksum_lookup3)."""
+    mask = 0xFFFFFFFF
+
+    def rot(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & mask
+
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & mask
+    i = 0
+    while n - i > 12:
+        a = (a + int.from_bytes(data[i:i + 4], "little")) & mask
+        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & mask
+        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & mask
+        a = (a - c) & mask; a ^= rot(c, 4); c = (c + b) & mask  # noqa: E702
+        b = (b - a) & mask; b ^= rot(a, 6); a = (a + c) & mask  # noqa: E702
+        c = (c - b) & mask; c ^= rot(b, 8); b = (b + a) & mask  # noqa: E702
+        a = (a - c) & mask; a ^= rot(c, 16); c = (c + b) & mask  # noqa: E702
+        b = (b - a) & mask; b ^= rot(a, 19); a = (a + c) & mask  # noqa: E702
+        c = (c - b) & mask; c ^= rot(b, 4); b = (b + a) & mask  # noqa: E702
+        i += 12
+    if n == 0:
+        return c
+    tail = data[i:] + bytes(12 - (n - i))
+    a = (a + int.from_bytes(tail[0:4], "little")) & mask
+    b = (b + int.from_bytes(tail[4:8], "little")) & mask
+    c = (c + int.from_bytes(tail[8:12], "little")) & mask
+    c ^= b; c = (c - rot(b, 14)) & mask  # noqa: E702
+    a ^= c; a = (a - rot(c, 11)) & mask  # noqa: E702
+    b ^= a; b = (b - rot(a, 25)) & mask  # noqa: E702
+    c ^= b; c = (c - rot(b, 16)) & mask  # noqa: E702
+    a ^= c; a = (a - rot(c, 4)) & mask  # noqa: E702
+    b ^= a; b = (b - rot(a, 14)) & mask  # noqa: E702
+    c ^= b; c = (c - rot(b, 24)) & mask  # noqa: E702
+    return c
+
+
+def clear_consistency_flags(path: str | Path) -> None:
+    """What HDF5's `h5clear -s` does: reset the "open for writing" flags a killed writer leaves in a version 2/3
+    superblock (HDF5 refuses to open such a file at all), re-checksumming the superblock. The superblock is
+    verified first, so a file that is not what we think is left untouched."""
+    with open(path, "r+b") as fh:
+        head = bytearray(fh.read(96))
+        if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[11] == 0:
+            return  # not HDF5 at offset 0, an old superblock without flags, or nothing to clear
+        end = 12 + 4 * head[9]  # flags, then base, extension, end-of-file and root addresses
+        if int.from_bytes(head[end:end + 4], "little") != _lookup3(bytes(head[:end])):
+            raise DataError(f"{path}: the HDF5 superblock fails its checksum; the file cannot be resumed")
+        head[11] = 0
+        head[end:end + 4] = _lookup3(bytes(head[:end])).to_bytes(4, "little")
+        fh.seek(0)
+        fh.write(head[:end + 4])

@@ -255,11 +255,14 @@ def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:
         with _key_lock(store, key, cfg["name"], progress):
             if final.exists():  # another process trained it while we waited
                 return _serve(final), time.monotonic() - started
+            resume = _resumable(final)
+            keep = _partial_of(resume) if resume else None
             for stale in store.glob(f"{final.name}.tmp-*"):  # we hold the lock: these are leftovers
-                stale.unlink(missing_ok=True)
+                if str(stale) != keep:
+                    stale.unlink(missing_ok=True)
             with _compute_slot(store, cfg["train"].get("threads") or 1):
                 beat["state"] = "training"
-                _train_into(cfg, prepared, key, parts, final, progress)
+                _train_into(cfg, prepared, key, parts, final, progress, resume=resume)
             _mark_verified(final)  # its digest was computed from the very bytes written
     return Run(final), time.monotonic() - started
 
@@ -335,10 +338,64 @@ def _key_lock(store: Path, key: str, name: str, progress: bool):
         lock.release()
 
 
-def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progress: bool) -> None:
+CHECKPOINT_EVERY = 100  # default steps between training checkpoints ($LAB_CHECKPOINT_EVERY, 0 = none)
+
+
+def _checkpoint_every() -> int:
+    """Steps between checkpoints, rounded up to the loop's scalar flush; not in the key (it changes no bits)."""
+    from experiments.train import _FLUSH_EVERY
+
+    raw = os.environ.get("LAB_CHECKPOINT_EVERY", str(CHECKPOINT_EVERY))
+    try:
+        every = int(raw)
+    except ValueError:
+        raise ConfigError(f"LAB_CHECKPOINT_EVERY: must be a whole number of steps (0 = no checkpoints), "
+                          f"got {raw!r}") from None
+    return 0 if every <= 0 else -(-every // _FLUSH_EVERY) * _FLUSH_EVERY
+
+
+def _ckpt(final: Path) -> Path:
+    return final.with_name(f"{final.name}.ckpt")
+
+
+def _partial_of(ckpt: Path) -> str | None:
+    """The interrupted recording a checkpoint belongs to (None if the checkpoint does not load)."""
+    import torch
+
+    try:
+        return str(torch.load(ckpt, map_location="cpu", weights_only=False)["partial"])
+    except Exception:  # a checkpoint torn by a kill (it is written atomically, but be safe): start over
+        return None
+
+
+def _resumable(final: Path) -> Path | None:
+    """The checkpoint of an interrupted training of `final`, if it and its recording are both there."""
+    ckpt = _ckpt(final)
+    if not ckpt.exists():
+        return None
+    partial = _partial_of(ckpt)
+    if partial is None or not Path(partial).exists():
+        ckpt.unlink(missing_ok=True)
+        return None
+    return ckpt
+
+
+def _discard(ckpt: Path, partial: str | None) -> None:
+    ckpt.unlink(missing_ok=True)
+    if partial:
+        Path(partial).unlink(missing_ok=True)
+
+
+def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progress: bool,
+                resume: Path | None = None) -> None:
+    """Train into a temp file and rename it to `final` once complete. Every `_checkpoint_every()` steps the
+    state is saved to `<final>.ckpt`; an interrupted training (Ctrl-C, a kill, a crash) leaves its recording
+    and checkpoint, and the next call resumes from there (`resume`) with a bit-identical result."""
     from experiments.train import train, versions
 
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    ckpt, every = _ckpt(final), _checkpoint_every()
+    old = _partial_of(resume) if resume else None
     attrs = {
         "name": cfg["name"],
         "key": key,
@@ -352,15 +409,34 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
         # the AdamW kernel laws of this machine, so a replay elsewhere uses this machine's arithmetic
         "kernel_laws": json.dumps(_kernel_laws(cfg), sort_keys=True),
     }
+    kwargs = {"checkpoint": ckpt if every else None, "every": every}
     try:
-        train(cfg, prepared, tmp, attrs, progress=progress)
+        try:
+            train(cfg, prepared, tmp, attrs, progress=progress, resume=resume, **kwargs)
+        except DataError as e:
+            if resume is None:
+                raise
+            # the interrupted recording or its checkpoint does not read back: train from step 0 instead
+            print(f"{cfg['name']} {key[:8]}: cannot resume ({e}); training from step 0", file=sys.stderr,
+                  flush=True)
+            tmp.unlink(missing_ok=True)
+            _discard(ckpt, old)
+            old = None
+            train(cfg, prepared, tmp, attrs, progress=progress, **kwargs)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        _discard(ckpt, old)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise DataError(f"{tmp}: could not write the run: {e}") from e
+    except (KeyboardInterrupt, SystemExit):
+        # interrupted: keep the recording its checkpoint points at, so the next call resumes from there
+        if _partial_of(ckpt) != str(tmp):
+            tmp.unlink(missing_ok=True)
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _discard(ckpt, old)
         raise
 
 

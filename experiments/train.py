@@ -138,6 +138,42 @@ def _stochastic_round_(dst, src, gen) -> None:
     dst.copy_(bits.view(torch.float32))  # exact: the low 16 bits are zero
 
 
+def _save(checkpoint, step: int, key: str, partial, model, opt, master, sr_gen, batches) -> None:
+    """The training state after `step`, written atomically next to the recording it belongs to."""
+    import torch
+
+    state = {"step": step, "key": key, "partial": str(partial), "model": model.state_dict(),
+             "opt": opt.state_dict(), "master": None if master is None else [m.detach() for m in master],
+             "sr_gen": None if sr_gen is None else sr_gen.get_state(),
+             "data": {"gen": batches.gen.get_state(), "perm": batches._perm, "pos": batches._pos}}
+    tmp = Path(f"{checkpoint}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, checkpoint)
+
+
+def _restore(checkpoint, key: str, model, opt, master, sr_gen, batches, rec, device) -> int:
+    """Load a checkpoint into the freshly built training objects and its recording into `rec`; its step."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["key"] != key:
+            raise DataError(f"{checkpoint}: a checkpoint of run {state['key']}, not {key}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        with torch.no_grad():
+            for mp, saved in zip(master or [], state["master"] or [], strict=True):
+                mp.copy_(saved)
+        if sr_gen is not None:
+            sr_gen.set_state(state["sr_gen"])
+        batches.gen.set_state(state["data"]["gen"])
+        batches._perm, batches._pos = state["data"]["perm"], state["data"]["pos"]
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:  # torn, foreign or older layout
+        raise DataError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
+    rec.adopt(state["partial"], state["step"])
+    return int(state["step"])
+
+
 def lr_at(o_cfg: dict, step: int, steps: int) -> float:
     """The learning rate of optimizer step `step` (1-based) of `steps`, as HF Trainer's schedulers give it
     (get_constant / get_linear / get_cosine_with_min_lr _schedule_with_warmup, evaluated at step − 1)."""
@@ -153,11 +189,17 @@ def lr_at(o_cfg: dict, step: int, steps: int) -> float:
     return lr * (max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))) * (1 - floor) + floor)
 
 
-def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress: bool = True) -> dict:
+def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress: bool = True,
+          checkpoint: str | Path | None = None, every: int = 0, resume: str | Path | None = None) -> dict:
     """Train `cfg` (resolved, device fixed) on `prepared` data, recording into `path`.
 
     Returns a summary: final_loss, tokens (rows recorded), steps_recorded, seconds (the loop's wall time),
     best_step_seconds (the fastest 10-step window per step; CPU timing, the loop does not sync a GPU).
+
+    With `checkpoint` and `every` > 0, every `every` steps (a multiple of the scalar flush) the recording is
+    made durable and the training state (model, optimizer, master weights, random generators, data position)
+    saved to `checkpoint`. `resume` names such a checkpoint of an interrupted run: training continues after its
+    step, copying the interrupted recording's rows first, and records exactly what an uninterrupted run would.
 
     The file at `path` is complete (attr complete=1, fsynced) when this returns; on any exception it may be
     half-written and the caller removes it.
@@ -214,6 +256,9 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                        dead=prepared.dead, counts=prepared.counts)
         try:
             batches = Batches(prepared.ids, cfg)
+            first = 1
+            if resume is not None:
+                first = _restore(resume, attrs["key"], model, opt, master, sr_gen, batches, rec, device) + 1
 
             def record_state(step: int, grad=None, h_mean=None) -> None:
                 out = {}
@@ -239,14 +284,15 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                                      np.full(model.W.shape[1], np.nan, np.float32))
                 rec.write_step(step, out)
 
-            if rec.wants(0):
+            if rec.wants(0) and first == 1:
                 record_state(0)
-            buf_loss, buf_lr, buf_clip, buf_start = [], [], [], 1
-            bar = tqdm(total=S, desc=cfg["name"], unit="step", disable=not progress, mininterval=0.5)
+            buf_loss, buf_lr, buf_clip, buf_start = [], [], [], first
+            bar = tqdm(total=S, initial=first - 1, desc=cfg["name"], unit="step", disable=not progress,
+                       mininterval=0.5)
             started = time.perf_counter()
             # fastest 10-step window: the loop's speed on a shared machine, where totals include other load
             stamps, best_step = collections.deque([started], maxlen=11), float("inf")
-            for step in range(1, S + 1):
+            for step in range(first, S + 1):
                 x = batches.next().to(device, non_blocking=True)
                 logits, h = model(x[:, :-1], return_hidden=True)
                 loss = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
@@ -299,6 +345,9 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                     if not np.isfinite(losses).all():
                         raise DataError(f"{cfg['name']}: loss became {losses[-1]} at step {step}; "
                                         f"try a lower optim.lr")
+                    if checkpoint is not None and every and step % every == 0 and step < S:
+                        rec.checkpoint()
+                        _save(checkpoint, step, attrs["key"], path, model, opt, master, sr_gen, batches)
             bar.close()
             seconds = time.perf_counter() - started
             final_loss = float(losses[-1])

@@ -115,3 +115,9 @@ def test_precision_shorthand_merges_with_its_seed(tmp_path, monkeypatch):
     (tmp_path / "b.yaml").write_text("extends: a\nprecision:\n  sr_seed: 7\n")
     assert C.load_config("b")["precision"] == {"dtype": "fp32-master-sr", "sr_seed": 7}
     assert C.load_config("b", precision="fp32-master-rne")["precision"] == {"dtype": "fp32-master-rne", "sr_seed": 7}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "nan"])
+def test_non_finite_numbers_name_the_key(value):
+    with pytest.raises(ConfigError, match="optim.lr.*must be a finite number"):
+        C.load_config("flannel-1", **{"optim.lr": value})

@@ -400,6 +400,7 @@ def build_pages(
             on_page(page)
 
     stale: list[tuple[Document, str]] = []
+    deferred: list[Document] = []
     for doc in docs:
         if failed.is_set() and not keep_going:
             break
@@ -410,9 +411,10 @@ def build_pages(
                 page.seconds = time.monotonic() - started
                 finish(page)
                 continue
+            if _unfrozen(doc) and (only_rels is None or doc.rel in only_rels):
+                deferred.append(doc)  # decided after the others ran: they may add runs it lists
+                continue
             reason = "forced" if _matches(doc, force) else cache.stale_reason(doc)
-            if reason is None and _unfrozen(doc) and _listing_digest(root) != _saved_digest(doc):
-                reason = "execute: freeze: false, and the project's sources or runs changed"
             # outside `only`, a stale entry is still shown as it is (the caller chose not to execute it)
             keep_stale = only_rels is not None and doc.rel not in only_rels and reason != "forced"
             entry = cache.load(doc) if reason is None or keep_stale else None
@@ -450,7 +452,8 @@ def build_pages(
         before_execute([d for d, _ in pending])
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="lab-exec")
     running: dict[Future, Document] = {}
-    try:
+
+    def drain(pending: list) -> None:
         while pending or running:
             while pending and len(running) < max(1, jobs) and (keep_going or not failed.is_set()):
                 doc, why = pending.pop(0)
@@ -465,6 +468,28 @@ def build_pages(
                 page = future.result()
                 page.reason = reasons.get(page.doc.rel)
                 finish(page)
+
+    try:
+        drain(pending)
+        # the listing pages (freeze: false) last, once every run the others trained is in the store
+        later = []
+        for doc in deferred:
+            if failed.is_set() and not keep_going:
+                break
+            started = time.monotonic()
+            try:
+                reason = "forced" if _matches(doc, force) else cache.stale_reason(doc)
+                if reason is None and _listing_digest(root) != _saved_digest(doc):
+                    reason = "execute: freeze: false, and the project's sources or runs changed"
+                entry = cache.load(doc) if reason is None else None
+                if entry is None:
+                    later.append((doc, reason or "cached notebook unreadable"))
+                    reasons[doc.rel] = reason or "cached notebook unreadable"
+                    continue
+                finish(_from_entry(doc, entry, sources, project, "reused", time.monotonic() - started))
+            except SourceError as e:
+                finish(_failed(doc, e, time.monotonic() - started, sources, project))
+        drain(later)
     except KeyboardInterrupt:
         _stop(pool, running)
         raise

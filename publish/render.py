@@ -23,6 +23,7 @@ from filelock import FileLock
 from publish import generated, plan, site
 from publish.layout import docs_path
 from publish.pages import build_pages
+from publish.schema import ConfigError
 from publish.sources import SourceError, discover, read_document
 
 STAMP = ".lab-build"  # inside the built site: digest of what it was built from
@@ -167,14 +168,14 @@ def render(
     start = time.perf_counter()
     root = Path(root).resolve()
     try:
+        paths = discover(root)  # first: Quarto's schema names the line of a bad key, load_settings does not
         settings = site.load_settings(root)
-        paths = discover(root)
         docs = [read_document(p, root) for p in paths]
         validate(docs)
         chosen = select(docs, targets, root)
     except (SourceError, site.SiteError, RenderError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, ConfigError) else 1  # a key that does not exist: a usage error
     site_dir = Path(out).resolve() if out else root / settings.output_dir
 
     force = list(force)

@@ -116,6 +116,9 @@ def load_project(root: Path | str) -> dict:
         return {}
     if not isinstance(config, dict):
         raise SourceError(path, 1, "_quarto.yml must be a mapping")
+    from publish.schema import check_project  # Quarto's schema, closed: a misspelt key is an error
+
+    check_project(config, path.read_text(encoding="utf-8"), path, Path(root))
     validate_project(config, path)
     return config
 
@@ -320,6 +323,9 @@ def _front_matter(lines: list[str], start: int, path: Path, first_line: int) -> 
         meta = {}
     if not isinstance(meta, dict):
         raise SourceError(path, first_line, "front matter must be a YAML mapping")
+    from publish.schema import check_front_matter  # Quarto's schema, closed: a misspelt key is an error
+
+    check_front_matter(meta, "\n".join(body), path, first_line + 1)
     # remember where each top-level key is, so later errors can point at it
     key_lines = {}
     for i, text in enumerate(body):

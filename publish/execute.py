@@ -456,9 +456,17 @@ def execute(doc: Document, *, timeout: float | None = None, startup_timeout: flo
             # cleanup_kc: nbclient only shuts down kernels it created itself, and we pass our own manager
             with client.setup_kernel(env=env, cwd=str(doc.path.parent), cleanup_kc=True):
                 client.execute_cell(setup, 0)
+                if figure_size(doc):  # front matter fig-width / fig-height: matplotlib's default size
+                    client.execute_cell(nbformat.v4.new_code_cell(
+                        f"import matplotlib as _lab_mpl\n_lab_mpl.rcParams['figure.figsize'] = {figure_size(doc)!r}\n"
+                        f"del _lab_mpl"), 0)
                 for index, cell in enumerate(nb.cells, start=1):
                     if client.lab_aborted:
                         raise _Aborted()
+                    if cell.cell_type == "markdown":  # its `{python} expr` values, after the chunks before it
+                        chunk = doc.chunks[cell.metadata["lab"]["chunk"]]
+                        _inline_values(client, doc, chunk, cell, index)
+                        continue
                     if cell.cell_type != "code":
                         continue
                     chunk = doc.chunks[cell.metadata["lab"]["chunk"]]
@@ -583,6 +591,63 @@ def _execute_cell(client, cell, index: int, timeout: float | None, progress: Pat
         watchdog.join()
     if fired.is_set():  # interrupted inside an `error: true` chunk, which swallowed the KeyboardInterrupt
         raise _Timeout()
+
+
+def figure_size(doc: Document) -> tuple[float, float] | None:
+    """(width, height) in inches when the front matter sets `fig-width` / `fig-height`; the other one is
+    Quarto's html default (7 x 5)."""
+    if "fig-width" not in doc.meta and "fig-height" not in doc.meta:
+        return None
+    return float(doc.meta.get("fig-width", 7)), float(doc.meta.get("fig-height", 5))
+
+
+_INLINE_MARK = "__lab_inline__"
+_INLINE_CODE = """
+def _lab_inline_values(exprs):
+    import json
+    shell, values = get_ipython(), []
+    for i, expr in enumerate(exprs):
+        try:
+            value = eval(expr, shell.user_ns)
+        except BaseException as e:
+            raise RuntimeError(f"inline expression {i}: {type(e).__name__}: {e}") from None
+        if isinstance(value, str):  # Quarto shows a string as is, anything else as its text/plain repr
+            values.append(value)
+        else:
+            data, _ = shell.display_formatter.format(value, include=["text/plain"])
+            values.append(data.get("text/plain", repr(value)))
+    print(%r, json.dumps(values))
+try:
+    _lab_inline_values(%r)
+finally:
+    del _lab_inline_values
+"""
+
+
+def _inline_values(client, doc: Document, chunk: Chunk, cell, index: int) -> None:
+    """Evaluate the chunk's inline `{python} expr` in the kernel (as Quarto does, after the chunks before
+    it) and keep the values in the cell's metadata (publish.pages shows them)."""
+    from nbclient.exceptions import CellExecutionError
+
+    from publish.markdown import inline_expressions
+
+    spans = inline_expressions(chunk.text)
+    if not spans or not cell.metadata["lab"]["options"]["eval"]:
+        return
+    hidden = nbformat.v4.new_code_cell(_INLINE_CODE % (_INLINE_MARK, [s.expr for s in spans]))
+    try:
+        client.execute_cell(hidden, index)
+    except CellExecutionError:
+        text = _error_text(hidden).strip().splitlines()
+        m = re.search(r"inline expression (\d+): (.*)", "\n".join(text))
+        span = spans[int(m.group(1))] if m else spans[0]
+        raise ExecutionError(doc.path, f"inline `{{python}} {span.expr}`", chunk.line + span.line,
+                             m.group(2) if m else "\n".join(text)) from None
+    for output in hidden.get("outputs", []):
+        if output.get("output_type") == "stream":
+            for line in output.get("text", "").splitlines():
+                if line.startswith(_INLINE_MARK + " "):
+                    cell.metadata["lab"]["inline"] = json.loads(line[len(_INLINE_MARK) + 1:])
 
 
 def _failure(doc: Document, chunk: Chunk | None, text: str) -> ExecutionError:

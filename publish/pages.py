@@ -30,10 +30,13 @@ from tqdm import tqdm
 from publish import cache
 from publish.execute import ExecutionError, abort_all, active_count, execute, options_for, strip_ansi
 from publish.layout import docs_path, figure_dir
+from publish import citations, markdown
 from publish.links import rewrite_links
 from publish.sources import Chunk, Document, SourceError, load_project
 
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg"}
+# where Python-Markdown's footnotes extension puts the list (its PLACE_MARKER default)
+FOOTNOTES_MARKER = "///Footnotes Go Here///"
 
 
 @dataclass
@@ -135,6 +138,11 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     number = numbers.get(str(label)) if label else None
     if caption and number is not None:  # Quarto numbers figures whose chunk label starts with fig-
         caption = f"Figure&nbsp;{number}: {caption}"
+    # panels (`fig-subcap`, `layout-ncol`): the chunk's images side by side under one caption, as Quarto
+    subcaps = subcaptions(chunk)
+    ncol = int(chunk.options.get("layout-ncol") or 1)
+    panels: list[tuple[str, str]] | None = [] if subcaps or ncol > 1 else None
+    panels_at = -1
     n_image = 0
     for output in outputs:
         kind = output.get("output_type")
@@ -165,6 +173,12 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
             out.figures.append(rel)
             src = posixpath.relpath(rel, posixpath.dirname(page) or ".")
             alt_text = str(alt).replace("[", r"\[").replace("]", r"\]").replace("\n", " ")
+            if panels is not None:
+                if panels_at < 0:
+                    panels_at = len(out.blocks)
+                    out.blocks.append("")  # the layout goes here once every panel is known
+                panels.append((alt_text, src))
+                continue
             # no indentation inside: md_in_html would turn it into a <br>; the caption may hold math
             lines = ['<figure markdown="span">', f"![{alt_text}]({src})"]
             if caption:
@@ -179,29 +193,63 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
             text = _as_text(data["text/plain"])
             out.blocks.append(markdown_links(text.strip()) if asis else _text_block(text))
     flush()
+    if panels:
+        out.blocks[panels_at] = _layout(label, panels, subcaps, ncol, caption)
 
 
-# Quarto's cross-reference kinds: chunk label prefix -> (caption option, name in the text)
-CROSSREF_KINDS = {"fig": ("fig-cap", "Figure"), "tbl": ("tbl-cap", "Table")}
-_CROSSREF = re.compile(r"(?<![\w@.])(?P<neg>-?)@(?P<label>(?P<kind>[a-z]+)-[\w-]*\w)")
+def _layout(label: str | None, panels: list[tuple[str, str]], subcaps: list[str], ncol: int,
+            caption: str | None) -> str:
+    """Quarto's figure layout: a grid of `ncol` columns, panel N with id `<label>-N` and caption "(a) ...",
+    then the figure's own caption. md_in_html keeps the image paths relative to the page."""
+    grid = f"display:grid;grid-template-columns:repeat({ncol},minmax(0,1fr));gap:0.8em;align-items:end"
+    lines = ['<figure class="lab-layout" markdown="block">',
+             f'<div class="lab-panels" style="{grid}" markdown="block">']
+    for n, (alt, src) in enumerate(panels):
+        sub_id = f' id="{html.escape(label, quote=True)}-{n + 1}"' if label and subcaps else ""
+        lines += [f'<figure{sub_id} markdown="span">', f"![{alt}]({src})"]
+        if n < len(subcaps):
+            lines.append(f'<figcaption markdown="span">({chr(ord("a") + n)}) {subcaps[n]}</figcaption>')
+        lines.append("</figure>")
+    lines.append("</div>")
+    if caption:
+        lines.append(f'<figcaption markdown="span">{caption}</figcaption>')
+    lines.append("</figure>")
+    return "\n".join(lines)
 
 
-def crossref_numbers(doc: Document) -> dict[str, int]:
-    """label -> number for every chunk labelled `fig-*` / `tbl-*`, counted per kind in document order,
-    as Quarto numbers them (a text chunk cannot carry such a label, see publish.sources)."""
+# Quarto's cross-reference kinds: chunk label prefix -> (caption option, name in the text); sections are
+# headings with a `{#sec-x}` id (publish.markdown numbers them)
+CROSSREF_KINDS = {"fig": ("fig-cap", "Figure"), "tbl": ("tbl-cap", "Table"), "sec": (None, "Section")}
+_CROSSREF = re.compile(r"(?P<open>\[)?(?<![\w@./:])(?P<neg>-?)@(?P<label>(?P<kind>[a-z]+)-[\w-]*\w)"
+                       r"(?(open)\](?!\())")
+
+
+def subcaptions(chunk: Chunk) -> list[str]:
+    value = chunk.options.get("fig-subcap")
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def crossref_numbers(doc: Document) -> dict[str, str]:
+    """label -> number ("2", "1 (a)" for a panel, "2.1" for a section) for every chunk labelled `fig-*` /
+    `tbl-*` (counted per kind in document order, as Quarto numbers them; a text chunk cannot carry such a
+    label, see publish.sources), each panel `fig-x-N` of a chunk with `fig-subcap`, and every `sec-*` heading."""
     counts: dict[str, int] = {}
-    numbers: dict[str, int] = {}
+    numbers: dict[str, str] = {}
     for chunk in doc.chunks:
         label = str(chunk.options.get("label") or "")
         kind = label.split("-", 1)[0]
-        if chunk.kind == "code" and "-" in label and kind in CROSSREF_KINDS:
+        if chunk.kind == "code" and "-" in label and kind in ("fig", "tbl"):
             counts[kind] = counts.get(kind, 0) + 1
-            numbers[label] = counts[kind]
+            numbers[label] = str(counts[kind])
+            for n, _ in enumerate(subcaptions(chunk)):
+                numbers[f"{label}-{n + 1}"] = f"{counts[kind]} ({chr(ord('a') + n)})"
+    numbers.update(markdown.section_numbers(doc))
     return numbers
 
 
-def resolve_crossrefs(doc: Document, text: str, first_line: int, numbers: dict[str, int]) -> str:
-    """`@fig-x` -> `[Figure 2](#fig-x)` (Quarto's text for it); an unknown label is an error with file:line."""
+def resolve_crossrefs(doc: Document, text: str, first_line: int, numbers: dict[str, str]) -> str:
+    """`@fig-x` -> `[Figure 2](#fig-x)` (Quarto's text for it), `[-@sec-x]` -> `[2](#sec-x)`; an unknown
+    label is an error with file:line."""
     from publish.links import _mask_code
 
     masked = _mask_code(text)
@@ -212,10 +260,10 @@ def resolve_crossrefs(doc: Document, text: str, first_line: int, numbers: dict[s
         label = m.group("label")
         line = first_line + text.count("\n", 0, m.start())
         if label not in numbers:
-            raise SourceError(doc.path, line, f"cross-reference @{label}: no chunk of this document has "
-                                              f"`#| label: {label}`")
+            where = "heading has `{#%s}`" % label if m.group("kind") == "sec" else f"chunk has `#| label: {label}`"
+            raise SourceError(doc.path, line, f"cross-reference @{label}: no {where} in this document")
         name = CROSSREF_KINDS[m.group("kind")][1]
-        shown = str(numbers[label]) if m.group("neg") else f"{name}&nbsp;{numbers[label]}"
+        shown = numbers[label] if m.group("neg") else f"{name}&nbsp;{numbers[label]}"
         pieces.append(text[last:m.start()])
         pieces.append(f"[{shown}](#{label})")
         last = m.end()
@@ -224,7 +272,10 @@ def resolve_crossrefs(doc: Document, text: str, first_line: int, numbers: dict[s
 
 
 def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict) -> Page:
-    """Convert `doc` (with outputs from `notebook`, or none) into a Page body; raises SourceError on bad links."""
+    """Convert `doc` (with outputs from `notebook`, or none) into a Page body; raises SourceError on bad links,
+    unknown cross-references or citation keys, and Quarto markdown we do not render (publish.markdown)."""
+    from publish.links import _mask_code
+
     cells = {}
     if notebook is not None:
         for cell in notebook.cells:
@@ -234,9 +285,13 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
     out = _Converted()
     links_to: list[str] = []
     numbers = crossref_numbers(doc)
+    citer = citations.Citer(doc, citations.bibliography_paths(doc, project))
+    footnotes: list[str] = []
+    footnote_count = [0]
 
     def markdown_links(text: str, line: int) -> str:
         text = resolve_crossrefs(doc, text, line, numbers)
+        text = citations.resolve(citer, text, _mask_code(text), line)
         rewritten = rewrite_links(doc, text, line, sources)
         links_to.extend(d for d in rewritten.links_to if d not in links_to)
         for dest, path in rewritten.files.items():
@@ -245,7 +300,15 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
 
     for index, chunk in enumerate(doc.chunks):
         if chunk.kind == "markdown":
-            out.blocks.append(markdown_links(chunk.text, chunk.line))
+            markdown.check_inline(doc, chunk)
+            markdown.check_unsupported(chunk.text, doc.path, chunk.line)
+            values = cells[index].get("metadata", {}).get("lab", {}).get("inline") if index in cells else None
+            text = markdown_links(markdown.substitute_inline(chunk.text, values), chunk.line)
+            text = markdown.heading_markdown(text, doc.path, chunk.line)
+            text = markdown.callouts(text, doc.path, chunk.line)
+            text, notes = markdown.inline_footnotes(text, footnote_count)
+            footnotes.extend(notes)
+            out.blocks.append(text)
             continue
         options = options_for(doc, chunk, project)
         if options["include"] is False:
@@ -259,8 +322,14 @@ def notebook_markdown(doc: Document, notebook, sources: set[str], project: dict)
         if cell is not None and options["output"] is not False:
             outputs_markdown(doc, index, chunk, options, cell.get("outputs", []), out,
                              lambda text, line=chunk.line: markdown_links(text, line), numbers)
-    markdown = "\n\n".join(b for b in out.blocks if b) + "\n"
-    return Page(doc=doc, status="static", markdown=markdown, assets=out.assets, figures=out.figures,
+    # Quarto's appendix: References, then Footnotes (Python-Markdown puts its list at the marker)
+    out.blocks.append(citer.references())
+    out.blocks.extend(footnotes)
+    body = "\n\n".join(b for b in out.blocks if b)
+    if re.search(r"\[\^[^\]\s]+\]", _mask_code(body)):
+        body += ('\n\n<h2 class="lab-appendix-heading" id="footnotes">Footnotes</h2>\n\n'
+                 + FOOTNOTES_MARKER)
+    return Page(doc=doc, status="static", markdown=body + "\n", assets=out.assets, figures=out.figures,
                 links_to=links_to)
 
 

@@ -223,6 +223,7 @@ def mkdocs_config(
             "attr_list",
             {"pymdownx.arithmatex": {"generic": True}},
             "tables",
+            "footnotes",  # Pandoc's [^1] footnotes (publish/pages.py places the list under "Footnotes")
             {"toc": {"permalink": True}},
         ],
         "plugins": plugins,

@@ -22,15 +22,18 @@ SOURCE_SUFFIXES = (".qmd", ".py")
 # Chunk options we implement (Quarto names). Anything else is an error so a typo never silently does nothing.
 CHUNK_OPTIONS = frozenset(
     {"label", "fig-cap", "fig-alt", "tbl-cap", "echo", "output", "eval", "warning", "error", "include",
-     "code-fold", "code-summary"}
+     "code-fold", "code-summary", "fig-subcap", "layout-ncol"}
 )
+# Quarto's Jupyter engine ignores these per chunk (it sets matplotlib's size once per document)
+FIGURE_SIZE_HELP = ("has no effect on a chunk under Quarto's Jupyter engine, which sets the figure size once "
+                    "per document: put it in the front matter, or pass figsize= to plt.subplots")
 # Front matter keys we implement; any other is an error naming it (Quarto would act on it, we would not).
 FRONT_MATTER_KEYS = frozenset({"title", "description", "date", "categories", "order", "execute", "listing",
-                               "jupyter"})
+                               "jupyter", "bibliography", "fig-width", "fig-height"})
 # execute: keys (front matter or _quarto.yml) we implement
 EXECUTE_KEYS = frozenset({"echo", "eval", "output", "warning", "error", "include", "timeout", "freeze"})
 # _quarto.yml top-level keys we implement (format: only html; see publish/site.py for website:)
-PROJECT_KEYS = frozenset({"project", "website", "format", "execute"})
+PROJECT_KEYS = frozenset({"project", "website", "format", "execute", "bibliography"})
 FREEZE_HELP = ("Quarto's freeze reuses a page's results as long as its source text is unchanged, so it would "
                "serve a LAB_SMOKE=1 render on the real site and a page whose experiments changed; use "
                "`freeze: false` (lab render's document cache is exact: it re-executes a page when its source, "
@@ -89,7 +92,10 @@ class Document:
 
     @property
     def has_code(self) -> bool:
-        return any(c.kind == "code" for c in self.chunks)
+        """Python chunks or inline `{python} expr` values: the document needs a kernel."""
+        from publish.markdown import inline_expressions
+
+        return any(c.kind == "code" or inline_expressions(c.text) for c in self.chunks)
 
     @property
     def title(self) -> str:
@@ -282,6 +288,10 @@ def validate_meta(meta: dict, kind: str, path: Path, key_lines: dict[str, int], 
     if not isinstance(categories, list) or not all(isinstance(c, str | int | float) for c in categories):
         raise SourceError(path, key_line("categories"), "`categories` must be a list of names")
     meta["categories"] = [str(c) for c in categories]
+    for key in ("fig-width", "fig-height"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise SourceError(path, key_line(key), f"`{key}` must be a positive number of inches, not {value!r}")
     if "description" in meta and not isinstance(meta["description"], str):
         raise SourceError(path, key_line("description"), "`description` must be a string")
 
@@ -355,6 +365,17 @@ def parse_chunk_options(option_lines: list[str], path: Path, first_line: int) ->
 def validate_options(options: dict, path: Path, key_lines: dict, default_line: int) -> dict:
     for key, value in options.items():
         line = key_lines.get(key, default_line)
+        if key in ("fig-width", "fig-height"):
+            raise SourceError(path, line, f"chunk option {key!r} {FIGURE_SIZE_HELP}")
+        if key == "fig-subcap":
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise SourceError(path, line, "chunk option 'fig-subcap' must be a list of captions, one per panel")
+            continue
+        if key == "layout-ncol":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SourceError(path, line, f"chunk option 'layout-ncol' must be a whole number of columns, "
+                                              f"not {value!r}")
+            continue
         if key not in CHUNK_OPTIONS:
             raise SourceError(path, line, f"unknown chunk option {key!r} (supported: "
                                           f"{', '.join(sorted(CHUNK_OPTIONS))})")

@@ -282,3 +282,43 @@ def test_keep_going_publishes_the_rest_and_reports_every_failure(tmp_path, capsy
     st = statuses(captured.out)
     assert st["log/2026-11-21-1415-second-look.py"] == "executed"
     assert "This page failed to execute" in html(root / "site", "lore/curve.html")
+
+
+def test_quarto_markdown_features(built):
+    """What the fixture entry writes in Quarto markdown renders as Quarto renders it (tests/pages/test_quarto.py
+    compares with Quarto itself where it is installed)."""
+    _, site, _ = built
+    entry = html(site, "log/2026-11-20-0930-first-look.html")
+    # inline values, evaluated after the chunk that defines them
+    assert "add up to 55, which is 5.5 times ten." in entry
+    assert "{python}" not in entry
+    # sections and panels cross-referenced with Quarto's numbers
+    assert '<a href="#sec-curves">Section&nbsp;2</a>' in entry and '<a href="#sec-sum">Section&nbsp;1</a>' in entry
+    assert '<a href="#fig-panels">Figure&nbsp;2</a>' in entry and '<a href="#fig-panels-2">Figure&nbsp;2 (b)</a>' in entry
+    assert re.search(r'id="sec-curves"', entry)
+    # callouts: titled note, collapsed warning titled by its heading
+    assert re.search(r'<div class="admonition note">\s*<p class="admonition-title">The seeds reported</p>\s*'
+                     r"<p>Seed 0 gives 55; see", entry)
+    assert re.search(r'<details class="warning">\s*<summary>Measured, not assumed</summary>', entry)
+    # two panels side by side, each with its sub-caption, under one numbered caption
+    layout = entry[entry.index('class="lab-layout"'):]
+    layout = layout[:layout.index("Figure&nbsp;2: Two panels")]
+    assert "grid-template-columns:repeat(2," in layout
+    assert re.findall(r'<figure id="(fig-panels-\d)">', layout) == ["fig-panels-1", "fig-panels-2"]
+    assert "(a) Linear axes" in layout and "(b) Log axes" in layout
+    for n in (1, 2):
+        png = site / f"log/2026-11-20-0930-first-look_files/figure-html/fig-panels-output-{n}.png"
+        assert png.is_file() and png.stat().st_size > 1000
+    # footnotes, the [^label] one and the inline ^[...] one, listed under Footnotes
+    notes = entry[entry.index('id="footnotes">Footnotes'):]
+    assert re.findall(r'<li id="fn:[^"]+">', notes) and len(re.findall(r'<li id="fn:', notes)) == 2
+    assert "Gauss\ndid it in his head" not in notes and "Gauss did it in his head." in notes
+    assert 'class="footnote-ref" href="#fn:decay">1</a>' in entry
+    # citations in pandoc's default style, linked to the References list
+    assert ('(<a href="#ref-kingma2014adam" role="doc-biblioref">Kingma and Ba 2014</a>; '
+            '<a href="#ref-loshchilov2019decoupled" role="doc-biblioref">Loshchilov and Hutter 2019</a>)') in entry
+    assert 'Loshchilov and Hutter (<a href="#ref-loshchilov2019decoupled" role="doc-biblioref">2019</a>)' in entry
+    refs = entry[entry.index(">References</h2>"):]
+    assert re.search(r'id="ref-kingma2014adam"[^>]*>Kingma, Diederik P\., and Jimmy Ba\. 2014\. '
+                     r"“Adam: A Method for Stochastic Optimization\.” <em>arXiv Preprint arXiv:1412\.6980</em>\.", refs)
+    assert refs.index("ref-kingma2014adam") < refs.index("ref-loshchilov2019decoupled") < refs.index("Footnotes")

@@ -222,3 +222,91 @@ def test_unsupported_front_matter_and_project_keys_name_the_key(project, put):
     (project / "_quarto.yml").write_text((project / "_quarto.yml").read_text() + "execute:\n  freeze: auto\n")
     with pytest.raises(SourceError, match="freeze: 'auto' is not supported"):
         load_project(project)
+
+
+# ---------------------------------------------------------------------------------------------- Quarto markdown
+
+PAGE_HEAD = '---\ntitle: "Q"\n{extra}---\n\n'
+
+
+def page_markdown(project, put, body: str, extra: str = "", files: dict | None = None) -> str:
+    """The page `lore/q.qmd` with `body` converted as `lab render` converts it (no execution)."""
+    from publish.pages import notebook_markdown
+    from publish.sources import load_project
+
+    for rel, text in (files or {}).items():
+        put(project, rel, text)
+    path = put(project, "lore/q.qmd", PAGE_HEAD.format(extra=extra) + body)
+    doc = read_document(path, project)
+    return notebook_markdown(doc, None, {doc.rel}, load_project(project)).markdown
+
+
+BIB = """
+@book{knuth1984,
+  title = {The TeXbook},
+  author = {Knuth, Donald E.},
+  publisher = {Addison-Wesley},
+  year = {1984}
+}
+"""
+
+
+def test_sections_number_from_the_top_level_and_resolve(project, put):
+    md = page_markdown(project, put, "See @sec-b, [-@sec-c] and @sec-d.\n\n## A {#sec-a}\n\n### B {#sec-b}\n\n"
+                                     "## Skipped {.unnumbered}\n\n## C {#sec-c}\n\n#### D {#sec-d}\n")
+    assert "[Section&nbsp;1.1](#sec-b)" in md and "[2](#sec-c)" in md and "[Section&nbsp;2.0.1](#sec-d)" in md  # as Quarto 1.10 numbers a skipped level
+    assert "## A {#sec-a}" in md and "## Skipped\n" in md
+
+
+def test_callouts_become_admonitions_with_titles_and_collapse(project, put):
+    md = page_markdown(project, put, '::: {.callout-tip title="Try"}\nBody *one*.\n:::\n\n'
+                                     '::: callout-caution\n## From heading\nTwo.\n:::\n\n'
+                                     '::: {.callout-important collapse="false"}\nThree.\n:::\n')
+    assert '!!! tip "Try"\n\n    Body *one*.' in md
+    assert '!!! caution "From heading"\n\n    Two.' in md
+    assert "???+ important\n\n    Three." in md
+
+
+def test_inline_footnotes_are_numbered_footnotes(project, put):
+    md = page_markdown(project, put, "Text.^[A [linked](https://example.org) note.] More.[^x]\n\n[^x]: Named.\n")
+    assert "Text.[^lab-fn-1] More.[^x]" in md
+    assert "[^lab-fn-1]: A [linked](https://example.org) note." in md
+    assert md.rstrip().endswith("///Footnotes Go Here///")
+
+
+def test_citations_from_front_matter_or_project_bibliography(project, put):
+    md = page_markdown(project, put, "As [@knuth1984, p. 12] and @knuth1984 say.\n",
+                       extra="bibliography: refs.bib\n", files={"lore/refs.bib": BIB})
+    assert "(<a href=\"#ref-knuth1984\" role=\"doc-biblioref\">Knuth 1984, 12</a>)" in md
+    assert 'Knuth (<a href="#ref-knuth1984" role="doc-biblioref">1984</a>)' in md
+    assert 'id="ref-knuth1984"' in md and ">References</h2>" in md
+    quarto = project / "_quarto.yml"
+    quarto.write_text(quarto.read_text() + "bibliography: refs.bib\n")
+    put(project, "refs.bib", BIB)
+    assert "Knuth 1984" in page_markdown(project, put, "[@knuth1984]\n")
+
+
+@pytest.mark.parametrize("body,extra,line,needle", [
+    ("Text.\n\nSee @sec-nowhere.\n", "", 7, "@sec-nowhere"),
+    ("Cite [@knuth1984].\n", "", 5, "no bibliography"),
+    ("Cite [@nobody2000].\n", "bibliography: refs.bib\n", 6, "no entry 'nobody2000'"),
+    ("Text.\n\n::: {.column-margin}\nAside.\n:::\n", "", 7, "fenced div"),
+    ("::: {.callout-note appearance=\"simple\"}\nX.\n:::\n", "", 5, "'appearance'"),
+    ("Text.\n\n::: {.callout-note}\nNever closed.\n", "", 7, "not closed"),
+    ("Value `{r} 1 + 1`.\n", "", 5, "{r}"),
+    ("A shortcode {{< video x.mp4 >}}.\n", "", 5, "shortcode"),
+    ("## Heading {.smaller}\n", "", 5, "'smaller'"),
+])
+def test_unsupported_or_broken_quarto_markdown_names_file_and_line(project, put, body, extra, line, needle):
+    with pytest.raises(SourceError) as err:
+        page_markdown(project, put, body, extra=extra, files={"lore/refs.bib": BIB})
+    assert f"lore/q.qmd:{line}:" in str(err.value) and needle in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("option,needle", [("fig-width: 3", "front matter"), ("fig-subcap: one", "list"),
+                                           ("layout-ncol: two", "whole number"), ("layout-nrow: 2", "layout-nrow")])
+def test_figure_layout_options_are_checked(project, put, option, needle):
+    path = put(project, "lore/q.qmd", f'---\ntitle: "Q"\n---\n\n```{{python}}\n#| label: fig-a\n#| {option}\n1\n```\n')
+    with pytest.raises(SourceError) as err:
+        read_document(path, project)
+    assert f"q.qmd:7:" in str(err.value) and needle in str(err.value), str(err.value)

@@ -76,7 +76,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.name, **overrides)
         _check_numbers(cfg, overrides)
         _check_device(str(cfg["train"]["device"]), bool(args.device))
-        if cfg["sweep"]:
+        if getattr(args, "cluster", None):  # --- cluster (issue 13): each run a task on the Dask cluster ---
+            from experiments import cluster
+
+            cluster.parse(args.cluster)  # a malformed address fails before anything starts
+            if cfg["sweep"]:
+                runs = sweep(args.name, executor=args.cluster, **overrides)
+            else:
+                from experiments.runs import resolve
+
+                cluster.train([resolve(args.name, **overrides)], args.cluster)
+                runs = [run(args.name, **overrides)]  # stored now: found, logged
+        elif cfg["sweep"]:
             runs = sweep(args.name, jobs=args.jobs, **overrides)
         else:
             runs = [run(args.name, **overrides)]
@@ -111,9 +122,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs in the store")
         return 0
-    header = ("name", "key", "steps", "size", "status", "created") + (("check",) if args.check else ())
+    header = ("name", "key", "steps", "size", "status", "created", "trained on") + (("check",) if args.check else ())
     table = [header] + [(r["name"], r["key"], str(r["steps"] if r["steps"] is not None else "?"),
-                         _size(r["size"]), r["status"], r["created"])
+                         _size(r["size"]), r["status"], r["created"], r.get("host") or "-")
                         + ((r["check"],) if args.check else ()) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -262,6 +273,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.exact else 1
 
 
+def cmd_cluster_start(args: argparse.Namespace) -> int:
+    """Start a LocalCluster, print its address for `--cluster`, and keep it until Ctrl-C."""
+    import os
+    import time
+
+    from experiments import cluster
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        return _fail("cluster", ConfigError(f"--workers: expected at least 1, got {workers}"))
+    try:
+        local = cluster.start_local(workers, port=args.port, host=args.host)
+    except (ConfigError, OSError) as e:
+        return _fail("cluster", e)
+    with local:
+        address = local.scheduler_address
+        print(f"scheduler {address} with {workers} single-thread worker(s); Ctrl-C stops it", flush=True)
+        print(f"  lab train NAME --cluster {address}    lab render --cluster {address}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("lab cluster: stopped", file=sys.stderr)
+    return 0
+
+
 def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -> None:
     p = subparsers.add_parser("train", help="train a preset (or every member of a sweep) into the run store")
     p.add_argument("name", help="preset name (experiments/configs/NAME.yaml)")
@@ -269,7 +306,21 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
                    help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the preset's, auto = cuda > mps > cpu)")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes for a sweep (default 1)")
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="train on a Dask cluster: a scheduler address (tcp://host:8786), local or local:N "
+                        "(N single-thread worker processes here); the store must be on a shared filesystem")
     p.set_defaults(func=cmd_train)
+
+    # --- cluster (issue 13) ---
+    p = subparsers.add_parser("cluster", help="start a Dask cluster on this machine for --cluster")
+    csub = p.add_subparsers(dest="action", metavar="ACTION")
+    csub.required = True
+    c = csub.add_parser("start", help="a scheduler and N single-thread workers here, until Ctrl-C")
+    c.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    c.add_argument("--port", type=int, default=8786, help="scheduler port (default 8786; 0 = any free port)")
+    c.add_argument("--host", default=None, help="interface to listen on (default: localhost only)")
+    c.set_defaults(func=cmd_cluster_start)
+    # --- end cluster ---
 
     p = subparsers.add_parser("runs", help="list the runs in the store")
     p.add_argument("--json", action="store_true", help="machine-readable output")

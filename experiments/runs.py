@@ -219,7 +219,7 @@ def _compute_slot(store: Path, threads: int):
     of the config, since it decides the bits, so it is never changed here.
     """
     slots = max(1, (os.cpu_count() or 1) // max(1, int(threads)))
-    locks = [FileLock(str(store / f".train-slot-{i}.lock")) for i in range(slots)]
+    locks = [FileLock(str(_slot_lock(store, i))) for i in range(slots)]
     while True:
         for lock in locks:
             try:
@@ -232,6 +232,37 @@ def _compute_slot(store: Path, threads: int):
                 lock.release()
             return
         time.sleep(0.2)
+
+
+# --- cluster (issue 13): slots are per machine, a store shared by many machines must not pool them ---
+def _slot_lock(store: Path, i: int) -> Path:
+    """Slot i of this machine: cores are counted per host, and a store on a shared filesystem is seen by
+    every worker of a cluster, so the lock name carries the host (one machine's slots never throttle another)."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+    return store / f".train-slot-{host}-{i}.lock"
+
+
+def trained_on() -> dict:
+    """The machine a run is trained on (hostname, CPU model, torch build): a run file's `trained_on`
+    attribute, written by `_train_into` on the machine that completes the run, so `lab runs` can show it
+    and a replay that differs elsewhere can be traced to the machine."""
+    import platform
+    import socket
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "pid": os.getpid(),
+            "torch": torch.__version__, "torch_git": getattr(torch.version, "git_version", None),
+            "cuda": torch.version.cuda, "platform": platform.platform()}
+# --- end cluster ---
 
 
 def _run_resolved(cfg: dict, progress: bool = True) -> Run:
@@ -408,6 +439,7 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
         "corpus_manifest": json.dumps(prepared.manifest, sort_keys=True, default=str),
         # the AdamW kernel laws of this machine, so a replay elsewhere uses this machine's arithmetic
         "kernel_laws": json.dumps(_kernel_laws(cfg), sort_keys=True),
+        "trained_on": json.dumps(trained_on(), sort_keys=True),  # cluster (issue 13): not in the key
     }
     kwargs = {"checkpoint": ckpt if every else None, "every": every}
     try:
@@ -466,11 +498,18 @@ def _member_requests(name_or_config: str | dict, cfg: dict, overrides: dict) -> 
             for combo in itertools.product(*(sweep[k] for k in keys))]
 
 
-def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **overrides: Any) -> list[Run]:
-    """All members of a sweep preset (training the missing ones, `jobs` processes in parallel)."""
+def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, executor=None,
+          **overrides: Any) -> list[Run]:
+    """All members of a sweep preset (training the missing ones, `jobs` processes in parallel, or as tasks
+    on a Dask cluster: `executor` = a scheduler address, "local", "local:N" or a distributed.Client)."""
     cfg = resolve(name_or_config, **overrides)
     members = sweep_members(cfg)
-    if jobs <= 1 or len(members) == 1:
+    if executor is not None:  # --- cluster (issue 13) ---
+        from experiments import cluster
+
+        done = cluster.train(members, executor, progress=progress)
+        obtained = [(Run(r["path"]), r["seconds"] if r["trained"] else 0.0) for r in done]
+    elif jobs <= 1 or len(members) == 1:
         obtained = [_obtain(m, progress=progress) for m in members]
     else:
         import multiprocessing
@@ -540,7 +579,7 @@ def _plan_child() -> None:
         sys.exit(130)  # the temporary file is already removed
 
 
-def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
+def train_planned(requests: list[dict], jobs: int = 1, out=None, cluster=None) -> dict:
     """Train the runs of `requests` ({"name" or "config" or "sweep", "overrides"}) the store lacks, `jobs`
     at a time.
 
@@ -549,6 +588,7 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
     ETA is the remaining steps at the measured rate. Requests that no longer resolve are skipped with a note.
     A failed training is reported, not raised: the document that needs the run will try again and fail
     with its own error. Returns {"planned", "stored", "trained", "failed", "skipped", "seconds"}.
+    `cluster` (an address, "local[:N]" or a distributed.Client) trains the missing runs as Dask tasks instead.
     """
     out = out or sys.stdout
     started = time.monotonic()
@@ -584,7 +624,15 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None) -> dict:
     total_steps = sum(int(cfg["train"]["steps"]) for _, cfg in missing.values())
     print(f"training {len(missing)} runs ({total_steps:,} steps, {max(1, min(jobs, len(missing)))} at a time); "
           f"{len(stored)} already in the store", file=out, flush=True)
-    trained, failed = _train_children(list(missing.items()), max(1, jobs), total_steps, out)
+    if cluster is not None:  # --- cluster (issue 13) ---
+        from experiments import cluster as dask_cluster
+
+        done = dask_cluster.train([cfg for _, cfg in missing.values()], cluster, out=out, raise_failed=False)
+        failed = [f"{cfg['name']}-{r['key']}: {r['error']}" for r, (_, cfg) in zip(done, missing.values(), strict=True)
+                  if "error" in r]
+        trained = len(done) - len(failed)
+    else:
+        trained, failed = _train_children(list(missing.items()), max(1, jobs), total_steps, out)
     summary.update(trained=trained, failed=failed, seconds=time.monotonic() - started)
     print(f"trained {trained} of {len(missing)} runs in {_fmt_minutes(summary['seconds'])}"
           + (f"; {len(failed)} failed (the documents that need them will say why)" if failed else ""),
@@ -755,7 +803,8 @@ def list_runs(store: str | Path | None = None, check: bool = False) -> list[dict
         except FileNotFoundError:  # deleted (gc, another process) between the listing and now
             continue
         row = {"name": m["name"], "key": m["key"], "path": str(path), "size": size,
-               "status": "unreadable", "steps": None, "created": "", "description": "", "checksum": None}
+               "status": "unreadable", "steps": None, "created": "", "description": "", "checksum": None,
+               "host": ""}
         try:
             with h5py.File(path, "r") as f:
                 a = f.attrs
@@ -763,6 +812,7 @@ def list_runs(store: str | Path | None = None, check: bool = False) -> list[dict
                            steps_recorded=int(a.get("steps_recorded", 0)), created=str(a.get("created", "")),
                            description=str(a.get("description", "")), checksum=DIGEST_ATTR in a,
                            status="complete" if int(a.get("complete", 0)) == 1 else "incomplete")
+                row["host"] = _host_of(a.get("trained_on"))  # cluster (issue 13)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             if not path.exists():
                 continue
@@ -776,6 +826,14 @@ def list_runs(store: str | Path | None = None, check: bool = False) -> list[dict
                 _mark_verified(path)
         out.append(row)
     return out
+
+
+def _host_of(attr) -> str:
+    """The host a run was trained on ("" for runs written before `trained_on` was recorded)."""
+    try:
+        return str(json.loads(attr).get("host") or "") if attr is not None else ""
+    except (ValueError, TypeError, AttributeError):
+        return ""
 
 
 def find(ref: str, store: str | Path | None = None) -> Run:

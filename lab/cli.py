@@ -20,11 +20,12 @@ def _used_run_keys() -> set[str]:
     return used_run_keys(find_root())
 
 
-def _train_planned(requests: list[dict], jobs: int) -> dict:
+def _train_planned(requests: list[dict], jobs: int, cluster: str | None = None) -> dict:
     # `lab render` trains the runs its plan needs before executing documents; training is experiments' job
+    # (`lab render --cluster ADDRESS` hands them to a Dask cluster)
     from experiments.runs import train_planned
 
-    return train_planned(requests, jobs=jobs)
+    return train_planned(requests, jobs=jobs, cluster=cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,8 +36,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    train_runs = getattr(args, "train_runs", None)
+    if getattr(args, "cluster", None) and train_runs is not None:  # cluster (issue 13): passed through as is
+        import functools
+
+        train_runs = functools.partial(train_runs, cluster=args.cluster)
     return render(root, args.paths or None, jobs=args.jobs, force=args.force, keep_going=args.keep_going,
-                  strict=args.strict, timeout=args.timeout, train_runs=getattr(args, "train_runs", None))
+                  strict=args.strict, timeout=args.timeout, train_runs=train_runs)
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -84,6 +89,9 @@ def register(subparsers, train_runs=None) -> None:
                    help="stop a chunk after this long without progress (output or training heartbeats); "
                         "0 = never (default: execute: timeout in _quarto.yml / front matter, else "
                         "1800)")
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="train the planned runs on a Dask cluster (tcp://host:8786, local or local:N); "
+                        "the run store must be on a filesystem the workers share")
     p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
     p.set_defaults(func=cmd_render, train_runs=train_runs)
 

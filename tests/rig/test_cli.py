@@ -43,8 +43,9 @@ def test_train_runs_show_gc(lab, store, capsys):
     assert capsys.readouterr().out.split()[1] == key
     assert lab("runs") == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["name", "key", "steps", "size", "status", "created"]
+    assert table[0].split() == ["name", "key", "steps", "size", "status", "created", "trained", "on"]
     assert table[1].split()[:3] == ["tiny", key, "12"] and "complete" in table[1]
+    assert table[1].split()[-1] == __import__("socket").gethostname()  # the machine that trained it
     assert lab("runs", "--json") == 0
     assert json.loads(capsys.readouterr().out)[0]["key"] == key
     assert lab("show", key[:8]) == 0

@@ -174,7 +174,7 @@ def test_training_waits_for_a_free_compute_slot(store, tiny, monkeypatch):
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     cfg = tiny(name="slot", train={"steps": 3, "threads": 2})
-    busy = FileLock(str(store / ".train-slot-0.lock"))
+    busy = FileLock(str(R._slot_lock(store, 0)))  # this host's first slot
     busy.acquire()
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("run", experiments.run(cfg, progress=False)))

@@ -325,6 +325,11 @@ def _gguf_reader(p: Path, tensor: str | None = None):
     try:
         return gguf.GGUFReader(str(p))
     except Exception as e:  # truncated files fail while the reader maps the tensor table
+        # the reader memory-maps each tensor at its offset: a short file shows up as a reshape/mmap failure
+        size = p.stat().st_size
+        if isinstance(e, (ValueError, IndexError)) and any(w in str(e) for w in ("reshape", "mmap", "offset", "buffer")):
+            raise CheckpointError(f"{p}: not a readable GGUF file{_wanted(tensor)}: truncated ({size:,} bytes): its "
+                                  f"tensor table points past the end of the file; download or copy it again") from e
         raise CheckpointError(f"{p}: not a readable GGUF file{_wanted(tensor)}: {type(e).__name__}: {e}") from e
 
 

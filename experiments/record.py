@@ -10,9 +10,13 @@ Layout (schema FORMAT_VERSION; root attributes as in ARCHITECTURE.md plus `token
 Row t of m, v is the optimizer state that produced W[t]; row t of grad is the (unclipped) gradient of step t.
 Step 0 has no forward: its grad rows are 0 and its h_mean row is NaN.
 
-bf16 is never stored as float16 (lossy); its exact bits go to disk as uint16. Chunks are one step by a block
-of rows, so a step is written once (no read-modify-write) and one token's trajectory reads T small chunks.
-No compression (it slows writes by an order of magnitude); memory does not grow with the number of steps.
+bf16 is never stored as float16 (lossy); its exact bits go to disk as uint16. Chunks are STEP_BLOCK recorded
+steps by a block of rows (about 32 KiB), chosen for the two ways analyses read: one token's trajectory over
+1,000 steps reads 126 small chunks (4 MB), and a block of steps of every row (geometry.iter_blocks, 128 steps)
+reads at most one chunk row of steps more than it needs. The Recorder gathers STEP_BLOCK steps in memory and
+writes whole chunks (no read-modify-write), from a background thread fed through a bounded queue, so the
+training loop only copies each recorded tensor once; memory stays bounded whatever the number of steps.
+No compression (it slows writes by an order of magnitude).
 
 Integrity (schema 2): every dataset is chunked with HDF5's fletcher32 filter, so a changed byte fails the read
 of its chunk instead of returning altered numbers; the metadata is written in the HDF5 1.10 format, whose
@@ -27,7 +31,9 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +46,27 @@ FORMAT_VERSION = 2
 STEP_TENSORS = ("W", "E", "m", "v", "grad", "master")
 DIGEST_ATTR = "content_sha256"  # JSON {dataset name: sha256 hex of its raw C-order bytes}
 LIBVER = ("v110", "latest")  # object headers and chunk indexes with checksums (readable by HDF5 >= 1.10)
-_CHUNK_BYTES = 64 * 1024  # target chunk size: small enough that one row's trajectory reads little
+STEP_BLOCK = 8  # recorded steps per chunk: a trajectory reads T/8 chunks, a step read 8 steps' worth
+_CHUNK_BYTES = 32 * 1024  # target chunk size: small enough that one row's trajectory reads little
 _FREE_MARGIN = 64 * 1024  # bytes beyond the data and attributes: HDF5 metadata, chunk indexes (+1 %)
+_QUEUE_BLOCKS = 2  # chunk rows of steps (per tensor) the training may run ahead of the writer thread
 
 
-def _chunk_rows(n_rows: int, width: int, itemsize: int) -> int:
-    return max(1, min(n_rows, _CHUNK_BYTES // max(1, width * itemsize)))
+def _chunk_shape(shape: tuple, itemsize: int) -> tuple:
+    """(steps, rows, D) -> (STEP_BLOCK, rows filling about _CHUNK_BYTES, D); (steps, D) -> (STEP_BLOCK, D)."""
+    ts = max(1, min(shape[0], STEP_BLOCK))
+    if len(shape) == 2:
+        return (ts, shape[1])
+    rows = max(1, min(shape[1], _CHUNK_BYTES // max(1, ts * shape[2] * itemsize)))
+    return (ts, rows, shape[2])
+
+
+class _Block:
+    """Consecutive recorded steps of one tensor, gathered until a whole chunk row of steps can be written."""
+
+    def __init__(self, steps: int, shape: tuple, dtype):
+        self.buf = np.empty((steps, *shape), dtype=dtype)
+        self.start, self.n = 0, 0
 
 
 def _mb(n: float) -> str:
@@ -122,6 +143,13 @@ class Recorder:
         self._ds: dict[str, h5py.Dataset] = {}
         self._digest: dict[str, _Digest] = {}
         self._failed = False
+        self._blocks: dict[str, _Block] = {}  # the chunk row of steps being filled, per tensor
+        self._spare: dict[str, list[np.ndarray]] = {}  # block buffers the writer has finished with
+        self._last: dict[str, int] = {}  # last step index given per tensor (steps must arrive in order)
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # the writer thread's failure, raised in the caller's thread
+        self._stop = False
         N, T, D, S = len(self.tokens), len(self.steps), d_model, steps_total
         dead, counts = np.asarray(dead, dtype=bool), np.asarray(counts, dtype=np.int64)
         layout = {"tokens": ((N,), np.int32), "steps": ((T,), np.int32), "dead": (dead.shape, bool),
@@ -135,7 +163,8 @@ class Recorder:
         self._check_space()
         try:
             # cache sized for one chunk per dataset; chunks are never revisited
-            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _CHUNK_BYTES * (len(tensors) + 4),
+            # whole chunks are written at once and never revisited: a small chunk cache is enough
+            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _CHUNK_BYTES * (len(tensors) + 4), rdcc_w0=1.0,
                                **({"libver": LIBVER} if checksum else {}))
             for k, v in attrs.items():
                 self.f.attrs[k] = v
@@ -150,8 +179,7 @@ class Recorder:
                 self._create(name, (S,), layout[name][1], (min(S, 4096),))
             for name, dtype in self.tensors.items():
                 shape, store = layout[name]
-                chunks = (1, D) if name == "h_mean" else (1, _chunk_rows(N, D, np.dtype(store).itemsize), D)
-                ds = self._create(name, shape, store, chunks)
+                ds = self._create(name, shape, store, _chunk_shape(shape, np.dtype(store).itemsize))
                 ds.attrs["dtype"] = dtype if name != "h_mean" else "float32"
         except (OSError, RuntimeError) as e:
             self._fail(e, "creating the recording")
@@ -185,20 +213,24 @@ class Recorder:
         if arr.size:
             ds.write_direct(arr, dest_sel=np.s_[start] if one else np.s_[start: start + len(arr)])
 
-    def _fail(self, e: BaseException, what: str):
-        """Close what can be closed and raise one DataError naming the file (and the space it needs)."""
-        self._failed = True
-        full = is_disk_full(e)
-        self.abort()
-        if full:
+    def _error_for(self, e: BaseException, what: str) -> DataError:
+        """One DataError naming the file (and, when the disk is full, the space the recording needs)."""
+        if is_disk_full(e):
             try:
                 free = f", {_mb(shutil.disk_usage(self.path.parent).free)} free"
             except OSError:
                 free = ""
-            raise DataError(f"{self.path}: {what} failed: disk full (No space left on device): the recording "
-                            f"needs about {_mb(self.needed)}{free}; free some space (lab gc) or set LAB_STORE "
-                            "to a larger disk; nothing was stored") from None
-        raise DataError(f"{self.path}: {what} failed: {h5_reason(e)}") from None
+            return DataError(f"{self.path}: {what} failed: disk full (No space left on device): the recording "
+                             f"needs about {_mb(self.needed)}{free}; free some space (lab gc) or set LAB_STORE "
+                             "to a larger disk; nothing was stored")
+        return DataError(f"{self.path}: {what} failed: {h5_reason(e)}")
+
+    def _fail(self, e: BaseException, what: str):
+        """Close what can be closed and raise one DataError naming the file (and the space it needs)."""
+        self._failed = True
+        err = self._error_for(e, what)
+        self.abort()
+        raise err from None
 
     def _write(self, what: str, fn) -> None:
         if self._failed:
@@ -212,16 +244,103 @@ class Recorder:
         return step in self.index
 
     def write_step(self, step: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write one recorded step; bf16 arrays arrive as uint16 bit patterns, the rest as float32."""
+        """Record one step of some tensors (a step's tensors may come in several calls); bf16 arrays arrive as
+        uint16 bit patterns, the rest as float32. Each array is copied before this returns (views of live
+        tensors are fine); the file is written by a background thread, whole chunks at a time."""
+        self._raise_writer_error()
         i = self.index[step]
         for name, arr in arrays.items():
-            self._write(f"{name}[step {step}]", lambda name=name, arr=arr: self._put(name, i, arr))
+            if i <= self._last.get(name, -1):
+                raise DataError(f"{self.path}: {name} of step {step} given after a later step: the recording "
+                                "digest needs steps in increasing order")
+            self._last[name] = i
+            blk = self._blocks.get(name)
+            if blk is None:
+                ds = self._ds[name]
+                ts = ds.chunks[0] if ds.chunks else 1
+                blk = self._blocks[name] = _Block(ts, ds.shape[1:], ds.dtype)
+            if blk.n and blk.start + blk.n != i:  # a gap: the steps before it go out as they are
+                self._send(name)
+            if blk.n == 0:
+                blk.start = i
+            blk.buf[blk.n] = arr  # the one copy: from the caller's (maybe live) tensor into the chunk row
+            blk.n += 1
+            if (i + 1) % len(blk.buf) == 0 or i + 1 == len(self.steps):
+                self._send(name)
+
+    def _send(self, name: str) -> None:
+        """Hand the filled part of `name`'s block to the writer thread and start a fresh buffer."""
+        blk = self._blocks[name]
+        if blk.n == 0:
+            return
+        start, n, buf = blk.start, blk.n, blk.buf
+        spare = self._spare.setdefault(name, [])
+        blk.buf, blk.n = (spare.pop() if spare else np.empty_like(buf)), 0
+
+        def put() -> None:
+            first, last = int(self.steps[start]), int(self.steps[start + n - 1])
+            try:
+                self._put(name, start, buf[:n])
+            except (OSError, RuntimeError) as e:
+                raise self._error_for(e, f"writing {name}[step {first}{f'-{last}' if last != first else ''}]")
+            spare.append(buf)
+
+        self._enqueue(put)
+
+    def _enqueue(self, fn) -> None:
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=_QUEUE_BLOCKS * max(1, len(self.tensors)))
+            self._thread = threading.Thread(target=self._writer, name=f"recorder {self.path.name}", daemon=True)
+            self._thread.start()
+        self._queue.put(fn)
+
+    def _writer(self) -> None:
+        """The writer thread: runs queued writes in order; after a failure it only drains the queue."""
+        while True:
+            fn = self._queue.get()
+            try:
+                if fn is None:
+                    return
+                if self._error is None and not self._stop:
+                    fn()
+            except BaseException as e:  # raised in the training thread at its next call
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _drain(self) -> None:
+        """Send every partial block and wait until the writer thread has written everything queued."""
+        for name in self._blocks:
+            self._send(name)
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_writer_error()
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            err, self._failed = self._error, True
+            self.abort()
+            if isinstance(err, DataError):
+                raise err from None
+            raise DataError(f"{self.path}: writing the recording failed: {err!r}") from None
+        if self._failed:
+            raise DataError(f"{self.path}: the recording already failed; nothing more is written")
 
     def write_scalars(self, start_step: int, loss: np.ndarray, lr: np.ndarray, clip_scale: np.ndarray) -> None:
         """Loss, lr and clip scale for steps start_step .. start_step+len-1 (1-based training steps)."""
+        self._raise_writer_error()
         a = start_step - 1
-        for name, arr in (("loss", loss), ("lr", lr), ("clip_scale", clip_scale)):
-            self._write(name, lambda name=name, arr=arr: self._put(name, a, np.atleast_1d(arr)))
+        arrays = [(name, np.array(arr, ndmin=1)) for name, arr in (("loss", loss), ("lr", lr),
+                                                                    ("clip_scale", clip_scale))]
+
+        def put() -> None:
+            for name, arr in arrays:
+                try:
+                    self._put(name, a, arr)
+                except (OSError, RuntimeError) as e:
+                    raise self._error_for(e, f"writing {name}") from None
+
+        self._enqueue(put)
         self._scalar_at = a + len(loss)
 
     def rows_upto(self, step: int) -> int:
@@ -237,6 +356,7 @@ class Recorder:
             self.f.flush()
             os.fsync(self.f.id.get_vfd_handle())
 
+        self._drain()
         self._write("a checkpoint", _flush)
 
     def adopt(self, partial: str | Path, step: int) -> None:
@@ -244,6 +364,7 @@ class Recorder:
         the scalars of steps 1..`step` from the killed file `partial` into this (fresh) one, in order, so the
         digest sees the same bytes as an uninterrupted run. Raises DataError if the old rows do not read back."""
         clear_consistency_flags(partial)
+        self._drain()
         rows = self.rows_upto(step)
         try:
             with h5py.File(partial, "r") as old:
@@ -254,6 +375,7 @@ class Recorder:
                     for start in range(0, rows, 64):  # blocks of steps: memory stays small
                         block = old[name][start:min(rows, start + 64)]
                         self._write(f"{name} rows {start}..", lambda n=name, s=start, b=block: self._put(n, s, b))
+                    self._last[name] = rows - 1
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{partial}: the interrupted recording does not read back up to step {step}: "
                             f"{h5_reason(e)}") from None
@@ -262,6 +384,8 @@ class Recorder:
         """Mark complete, flush and fsync. Only after this may the file be renamed to its final name."""
         if self._scalar_at != self.steps_total:
             raise DataError(f"{self.path}: only {self._scalar_at} of {self.steps_total} steps were recorded")
+        self._drain()
+        self._stop_writer()
 
         def _close() -> None:
             for k, v in (extra_attrs or {}).items():
@@ -282,11 +406,19 @@ class Recorder:
         except OSError as e:
             self._fail(e, "syncing the recording to disk")
 
+    def _stop_writer(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            self._queue.put(None)
+            thread.join()
+
     def abort(self) -> None:
         """Close the file without letting HDF5 fail later (in a destructor, or at exit with a segfault).
 
         Idempotent: after a close that failed, h5py segfaulted on the next look at the file id.
         """
+        self._stop = True  # the writer thread skips what is still queued
+        self._stop_writer()
         f, self.f = getattr(self, "f", None), None
         if f is None:
             self._ds.clear()

@@ -68,14 +68,21 @@ def _torch_settings(threads: int, device: str):
 
     if device.startswith("cuda"):  # cuBLAS needs this for deterministic algorithms
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch.utils.deterministic
+
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
+    # deterministic mode also fills every new tensor with NaN (a debugging aid, 15-20 % of a CPU step); no
+    # kernel here reads memory it did not write, so the bits do not depend on it
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
+        torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 
 class Batches:
@@ -260,7 +267,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
             if resume is not None:
                 first = _restore(resume, attrs["key"], model, opt, master, sr_gen, batches, rec, device) + 1
 
-            def record_state(step: int, grad=None, h_mean=None) -> None:
+            # write_step copies what it is given before returning, so live tensors are handed over as views
+            def record_state(step: int) -> None:
                 out = {}
                 if "W" in wanted:
                     out["W"] = _bits(rows_of(model.W))
@@ -275,13 +283,12 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                         out[name] = (_bits(rows_of(s)) if s is not None else
                                      np.zeros((len(tokens), model.W.shape[1]),
                                               np.uint16 if state_dtype == "bfloat16" else np.float32))
-                if "grad" in wanted:
-                    out["grad"] = (grad if grad is not None else
-                                   np.zeros((len(tokens), model.W.shape[1]),
-                                            np.uint16 if dtypes["grad"] == "bfloat16" else np.float32))
-                if "h_mean" in wanted:
-                    out["h_mean"] = (h_mean if h_mean is not None else
-                                     np.full(model.W.shape[1], np.nan, np.float32))
+                if step == 0:  # no forward yet: grad rows 0, h_mean NaN (later steps write them after backward)
+                    if "grad" in wanted:
+                        out["grad"] = np.zeros((len(tokens), model.W.shape[1]),
+                                               np.uint16 if dtypes["grad"] == "bfloat16" else np.float32)
+                    if "h_mean" in wanted:
+                        out["h_mean"] = np.full(model.W.shape[1], np.nan, np.float32)
                 rec.write_step(step, out)
 
             if rec.wants(0) and first == 1:
@@ -298,10 +305,14 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                 loss = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
                 loss.backward()
                 recording = rec.wants(step)
-                # a copy: clipping scales the gradient in place before this step's record is written
-                g_bits = _bits(rows_of(model.W.grad)).copy() if recording and "grad" in wanted else None
-                h_mean = (h.detach().float().mean(dim=(0, 1)).cpu().numpy()
-                          if recording and "h_mean" in wanted else None)
+                if recording and ("grad" in wanted or "h_mean" in wanted):
+                    # written now: clipping scales the gradient in place before the step's other tensors
+                    early = {}
+                    if "grad" in wanted:
+                        early["grad"] = _bits(rows_of(model.W.grad))
+                    if "h_mean" in wanted:
+                        early["h_mean"] = h.detach().float().mean(dim=(0, 1)).cpu().numpy()
+                    rec.write_step(step, early)
                 if master is not None:
                     for mp, p in zip(master, params, strict=True):
                         mp.grad = p.grad.to(torch.float32)
@@ -331,7 +342,7 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                 buf_loss.append(loss.detach().float())
                 buf_lr.append(lr)
                 if recording:
-                    record_state(step, g_bits, h_mean)
+                    record_state(step)
                 stamps.append(time.perf_counter())
                 if len(stamps) == stamps.maxlen:
                     best_step = min(best_step, (stamps[-1] - stamps[0]) / (len(stamps) - 1))

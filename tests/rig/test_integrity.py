@@ -38,11 +38,13 @@ def lab(store: Path, sub_env, *args: str, hooks: Path | None = None, **kw) -> su
 
 
 def flip_byte(path: Path, dataset: str, step_index: int) -> None:
-    """XOR one byte in the middle of the chunk of `dataset` that holds recorded step index `step_index`."""
+    """XOR one byte in the middle of the (first) chunk of `dataset` that holds recorded step index `step_index`
+    (a chunk spans record.STEP_BLOCK steps, so the damage covers its steps)."""
     with h5py.File(path, "r") as f:
         dsid = f[dataset].id
+        per = f[dataset].chunks[0]
         infos = [dsid.get_chunk_info(i) for i in range(dsid.get_num_chunks())]
-    info = next(i for i in infos if i.chunk_offset[0] == step_index)
+    info = next(i for i in infos if i.chunk_offset[0] <= step_index < i.chunk_offset[0] + per)
     with open(path, "r+b") as fh:
         fh.seek(info.byte_offset + info.size // 2)
         b = fh.read(1)
@@ -59,22 +61,22 @@ def one_line(text: str) -> str:
 def test_a_flipped_byte_is_never_served(store, tiny, sub_env):
     run = experiments.run(tiny(), progress=False)
     good = run.W(kind="bits")
-    flip_byte(run.path, "W", 6)
+    flip_byte(run.path, "W", 9)  # 13 recorded steps: chunks of steps 0-7 and 8-12
     damaged = Run(run.path)
-    assert np.array_equal(damaged.W(steps=slice(0, 6), kind="bits"), good[:6])  # the other chunks read
-    with pytest.raises(DamagedRunError, match=rf"{run.path.name}: the run file is damaged: dataset /W at step 6 "
+    assert np.array_equal(damaged.W(steps=slice(0, 8), kind="bits"), good[:8])  # the other chunks read
+    with pytest.raises(DamagedRunError, match=rf"{run.path.name}: the run file is damaged: dataset /W at steps 8-12 "
                                               r"fails its checksum; `lab gc --damaged`"):
         damaged.W()
-    with pytest.raises(DamagedRunError, match="at step 6"):
+    with pytest.raises(DamagedRunError, match="at steps 8-12"):
         damaged.trajectory(int(run.tokens[0]))
     assert check(run.path).status == "damaged"
     # the store does not serve it (its mtime changed since training, so it is read against its digest)
-    with pytest.raises(DamagedRunError, match=r"/W at step 6 fails its checksum.*lab gc --damaged"):
+    with pytest.raises(DamagedRunError, match=r"/W at steps 8-12 fails its checksum.*lab gc --damaged"):
         experiments.run(tiny(), progress=False)
 
     out = lab(store, sub_env, "runs", "--check")
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert f"damaged: {run.path}: /W at step 6 fails its checksum" in out.stderr
+    assert f"damaged: {run.path}: /W at steps 8-12 fails its checksum" in out.stderr
     assert "1 damaged" in out.stdout and run.key in out.stdout
 
     out = lab(store, sub_env, "gc", "--damaged")
@@ -90,7 +92,7 @@ def test_verify_reports_damage_not_a_physics_mismatch(store, tiny, sub_env):
     out = lab(store, sub_env, "verify", run.key)
     assert out.returncode == 2 and "MISMATCH" not in out.stdout
     err = one_line("\n".join(ln for ln in out.stderr.replace("\r", "\n").splitlines() if "%|" not in ln))
-    assert err.startswith("lab verify: error: ") and run.path.name in err and "dataset /m at step 4" in err
+    assert err.startswith("lab verify: error: ") and run.path.name in err and "dataset /m at steps 0-7" in err
 
 
 def test_the_digest_catches_what_the_chunk_checksums_cannot(store, tiny):

@@ -1,0 +1,105 @@
+"""Where a training step goes: `python bench/profile_step.py [--steps 30] [--out bench/results/profile_step.md]`.
+
+Runs the real training loop (`experiments.train.train`, not a copy of it) under `torch.profiler` for the site
+config (flannel-1, batch 8x128, no recording) and the seeds' batch (32x128), and prints per-operator tables
+(self CPU time, sorted), plus one line per config with the share of the step spent in matmuls, in the
+vocabulary-sized work (logits, softmax / cross-entropy and their backward) and in the optimizer. With
+`--record` a third table profiles flannel-1 recording W, m, v, grad of all rows every step.
+The first steps (allocator growth, kernel selection) are profiled away by a warm-up run first.
+The markdown written to --out is what bench/results/profile_step.md holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from experiments import runs as R  # noqa: E402
+from experiments.config import load_config, resolve_device  # noqa: E402
+from experiments.train import train  # noqa: E402
+
+# operator name fragments -> the bucket the summary line reports
+_BUCKETS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"),
+    "cross-entropy": ("log_softmax", "nll_loss", "cross_entropy"),
+    "optimizer": ("Optimizer.step", "_foreach_", "adamw", "_fused_adam"),
+}
+
+
+def _bucket(name: str) -> str | None:
+    for bucket, frags in _BUCKETS.items():
+        if any(f in name for f in frags):
+            return bucket
+    return None
+
+
+def profile_config(preset: str, steps: int, overrides: dict, tmp: Path, prepared_cache: dict) -> tuple[str, str]:
+    cfg = resolve_device(load_config(preset, **{"train.steps": steps, **overrides}))
+    key = (cfg["corpus"]["train_bytes"], cfg["tokenizer"]["vocab_size"])
+    if key not in prepared_cache:
+        prepared_cache[key] = R._prepare(cfg, R.store_dir())
+    prepared = prepared_cache[key]
+    attrs = {"name": "profile", "key": "0" * 16}
+    train(cfg, prepared, tmp / "warm.h5", attrs, progress=False)  # warm-up
+    (tmp / "warm.h5").unlink()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        out = train(cfg, prepared, tmp / "p.h5", attrs, progress=False)
+        wall = time.perf_counter() - t0
+    (tmp / "p.h5").unlink()
+    events = prof.key_averages()
+    table = events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    total = sum(e.self_cpu_time_total for e in events)
+    share = {b: 0.0 for b in _BUCKETS}
+    for e in events:
+        b = _bucket(e.key)
+        if b is not None:
+            share[b] += e.self_cpu_time_total
+    # self time of the children of cross-entropy's autograd nodes is not under its name: count backward ops too
+    summary = (f"{preset} {cfg['train']['batch_size']}x{cfg['train']['seq_len']} {overrides or ''}: "
+               f"{wall / steps * 1000:.1f} ms/step under the profiler (best 10-step window "
+               f"{out['best_step_seconds'] * 1000:.1f} ms); self CPU time: "
+               + ", ".join(f"{b} {share[b] / total * 100:.0f} %" for b in _BUCKETS))
+    return summary, table
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=30, help="profiled steps per config")
+    ap.add_argument("--record", action="store_true", help="also profile full recording (W m v grad, all rows)")
+    ap.add_argument("--out", type=Path, help="write the tables as markdown here")
+    args = ap.parse_args()
+    configs = [("flannel-1", {"record.tensors": []}), ("flannel-1-seed", {"record.tensors": []})]
+    if args.record:
+        configs.append(("flannel-1", {"record.tensors": ["W", "m", "v", "grad"], "record.rows": "all"}))
+    load = os.getloadavg()
+    lines = [f"# Profile of one training step ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
+             f"{load[2]:.2f} at start; `python bench/profile_step.py{' --record' if args.record else ''}`", ""]
+    cache: dict = {}
+    with tempfile.TemporaryDirectory(prefix="profile-step-") as tmp:
+        for preset, overrides in configs:
+            print(f"profiling {preset} {overrides} ...", flush=True)
+            summary, table = profile_config(preset, args.steps, overrides, Path(tmp), cache)
+            print(summary)
+            print(table, flush=True)
+            lines += [f"## {summary}", "", "```", table, "```", ""]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines))
+        print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,7 @@ and the manifest last, so an interrupted build is never read as complete.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -36,6 +37,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -266,6 +268,14 @@ def atomic_write(path: Path, data: str | bytes | Callable[[Any], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached data is meant to be shared like any output
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # write() names no file: say which one, and how much it needed
+            need = f" ({len(data):,} bytes)" if isinstance(data, (str, bytes)) else ""
+            free = shutil.disk_usage(path.parent).free
+            raise DataError(f"{path}: disk full while caching data{need}, {free:,} bytes free there; free some "
+                            f"space (lab gc) or set LAB_STORE to a larger disk") from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

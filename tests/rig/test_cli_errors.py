@@ -64,3 +64,31 @@ def test_show_of_a_truncated_run_says_the_file_is_damaged(store, tiny, sub_env):
     line = one_line(out.stderr)
     assert line.startswith(f"lab show: error: {run.path}: the run file is damaged: truncated: ")
     assert f"of {size:,} bytes" in line and "lab gc --damaged" in line
+
+
+def test_full_disk_while_caching_the_corpus_names_the_file(tmp_path, sub_env):
+    """A real full disk (a 1 MB tmpfs as the store): the corpus cache is the first thing written."""
+    import subprocess
+
+    from .test_integrity import LAB, _can_mount, _mount_tmpfs_script
+
+    if not _can_mount(tmp_path):
+        import pytest
+
+        pytest.skip("cannot mount a tmpfs here (no unshare / user namespaces)")
+    full = tmp_path / "full"
+    full.mkdir()
+    body = textwrap.dedent(f"""
+        head -c 900000 /dev/zero > {full}/filler
+        {LAB} train flannel-1 --set train.steps=1 2> {tmp_path}/err; echo $? > {tmp_path}/rc
+        ls -aR {full} > {tmp_path}/ls
+    """)
+    out = subprocess.run(_mount_tmpfs_script(full, "1m", body), env=sub_env(full), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    err = (tmp_path / "err").read_text()
+    line = one_line(err)
+    assert (tmp_path / "rc").read_text().strip() in ("1", "2"), err
+    assert line.startswith("lab train: error: ") and f"{full}/data/" in line and "disk full" in line, line
+    assert "bytes free" in line and "LAB_STORE" in line
+    assert ".tmp" not in (tmp_path / "ls").read_text()  # no half-written cache file left behind

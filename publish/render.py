@@ -143,6 +143,18 @@ def navigation(settings: site.SiteSettings, pages: list) -> list:
 # --------------------------------------------------------------------------- render
 
 
+def future_dated(docs, now: dt.datetime | None = None) -> list[str]:
+    """Entries dated later than now: a typo in the date (2027 for 2026) would put them on top of every listing."""
+    now = now or dt.datetime.now()
+    out = []
+    for d in docs:
+        date = d.meta.get("date")
+        if isinstance(date, dt.datetime) and (date.replace(tzinfo=None) if date.tzinfo else date) > now:
+            out.append(f"{d.rel}: dated {date:%Y-%m-%d %H:%M}, in the future (today is {now:%Y-%m-%d}); "
+                       f"listings sort it above every other entry")
+    return out
+
+
 def render(
     root: Path | str,
     targets: Iterable[str | Path] | None = None,
@@ -177,6 +189,8 @@ def render(
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1  # a key that does not exist: a usage error
     site_dir = Path(out).resolve() if out else root / settings.output_dir
+    for line in future_dated(docs):
+        print(f"warning: {line}", file=sys.stderr)
 
     force = list(force)
     if chosen is not None:

@@ -70,3 +70,25 @@ def test_lore_card_and_no_overwrite(project):
     with pytest.raises(FileExistsError):
         new_entry(project, "Frozen Smoke!", lore=True)
     assert path.read_text() == before
+
+
+def test_a_future_dated_entry_is_rendered_with_a_warning(project, put):
+    """`lab render` in a fresh process: the entry dated next year still publishes, and the user is told."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    quarto = project / "_quarto.yml"
+    quarto.write_text(quarto.read_text(encoding="utf-8") + "website:\n  title: Dates\n", encoding="utf-8")
+    put(project, "index.qmd", "---\ntitle: Home\n---\n\nHello.\n")
+    put(project, "log/2026-11-22-0548-now.qmd", "---\ntitle: Now\ndate: 2026-11-22 05:48\n---\n\nToday.\n")
+    put(project, "log/2099-01-05-0900-typo.qmd", "---\ntitle: Typo\ndate: 2099-01-05 09:00\n---\n\nLater.\n")
+    lab = Path(sys.executable).with_name("lab")
+    out = subprocess.run([str(lab), "render"], cwd=project, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, TQDM_DISABLE="1"))
+    assert out.returncode == 0, out.stderr
+    warned = [ln for ln in out.stderr.splitlines() if "in the future" in ln]
+    assert warned == [f"warning: log/2099-01-05-0900-typo.qmd: dated 2099-01-05 09:00, in the future (today is "
+                      f"{dt.date.today():%Y-%m-%d}); listings sort it above every other entry"], out.stderr
+    assert (project / "site").is_dir()

@@ -58,6 +58,18 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from publish.preview import preview
+
+    try:
+        root = _root(args)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return preview(root, host=args.host, port=args.port, jobs=args.jobs, timeout=args.timeout,
+                   train_runs=getattr(args, "train_runs", None))
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -69,7 +81,7 @@ def _seconds(text: str) -> float:
 
 
 def register(subparsers, train_runs=None) -> None:
-    """Add `render` and `new` to an argparse subparsers object.
+    """Add `render`, `new` and `preview` to an argparse subparsers object.
 
     `train_runs(requests, jobs)`: what `render` calls to train the planned runs before executing documents
     (lab/cli.py passes experiments' trainer; without it, documents train what they need themselves)."""
@@ -103,6 +115,18 @@ def register(subparsers, train_runs=None) -> None:
     p.add_argument("--category", action="append", default=[], metavar="C", help="a category (repeatable)")
     p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
     p.set_defaults(func=cmd_new)
+
+    p = subparsers.add_parser("preview", help="serve the site, re-render on changes, reload the browser",
+                              description="Render, serve the site on http://HOST:PORT/, and re-render a document "
+                                          "when it or anything it read changes; open pages reload. Ctrl-C stops.")
+    p.add_argument("--port", type=int, default=4200, help="port to serve on (default 4200; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    p.add_argument("-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                   help="documents executed in parallel (default: CPU count)")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="stop a chunk after this long without progress (as lab render --timeout)")
+    p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
+    p.set_defaults(func=cmd_preview, train_runs=train_runs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,3 +220,15 @@ def test_quarto_markdown_renders_in_quartos_site(browser, quarto_site_url):
     # the site has none of; nothing else may fail
     local = [p for p in problems if "https://" not in p and not p.endswith("/favicon.ico")]
     assert local == [], problems
+
+
+def test_callouts_material_lacks_have_quartos_colours(browser, site_url):
+    page, problems = open_page(browser, f"{site_url}/lore/plain.html")
+    important = page.locator(".admonition.important")
+    assert important.locator(".admonition-title").inner_text() == "Important"
+    assert important.evaluate("e => getComputedStyle(e).borderLeftColor") == "rgb(220, 53, 69)"
+    caution = page.locator("details.caution")
+    assert caution.evaluate("d => d.open") and "Open, and can be folded" in caution.locator("summary").inner_text()
+    assert caution.evaluate("e => getComputedStyle(e).borderLeftColor") == "rgb(253, 126, 20)"
+    shot(page, "fixture-callouts")
+    assert problems == []

@@ -7,6 +7,10 @@ The markdown relies on these Python-Markdown extensions, which the site configur
                                     rewrites the image path relative to the page's final URL) and a
                                     `<figcaption markdown="span">` (so captions may hold math/emphasis)
   pymdownx.arithmatex (generic)     `$...$` and `$$...$$` math in markdown chunks, passed through verbatim
+  footnotes                         Pandoc's `[^x]` footnotes (and `^[...]`, made `[^lab-fn-N]`), listed at
+                                    FOOTNOTES_MARKER under a "Footnotes" heading as Quarto does
+Quarto markdown (inline values, sections, callouts, panels, citations) is turned into this by publish.markdown
+and publish.citations; what they do not implement is a SourceError with file:line.
 Chunk labels become `<a id="label"></a>` anchors; HTML outputs (DataFrames) are included raw; figures are PNG
 assets under `<page dir>/<stem>_files/`. The body has no front matter and no title: the site adds both.
 """
@@ -27,10 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from publish import cache
+from publish import cache, citations, markdown
 from publish.execute import ExecutionError, abort_all, active_count, execute, options_for, strip_ansi
 from publish.layout import docs_path, figure_dir
-from publish import citations, markdown
 from publish.links import rewrite_links
 from publish.sources import Chunk, Document, SourceError, load_project
 
@@ -260,7 +263,8 @@ def resolve_crossrefs(doc: Document, text: str, first_line: int, numbers: dict[s
         label = m.group("label")
         line = first_line + text.count("\n", 0, m.start())
         if label not in numbers:
-            where = "heading has `{#%s}`" % label if m.group("kind") == "sec" else f"chunk has `#| label: {label}`"
+            where = (f"heading has `{{#{label}}}`" if m.group("kind") == "sec"
+                     else f"chunk has `#| label: {label}`")
             raise SourceError(doc.path, line, f"cross-reference @{label}: no {where} in this document")
         name = CROSSREF_KINDS[m.group("kind")][1]
         shown = numbers[label] if m.group("neg") else f"{name}&nbsp;{numbers[label]}"

@@ -322,3 +322,42 @@ def test_quarto_markdown_features(built):
     assert re.search(r'id="ref-kingma2014adam"[^>]*>Kingma, Diederik P\., and Jimmy Ba\. 2014\. '
                      r"“Adam: A Method for Stochastic Optimization\.” <em>arXiv Preprint arXiv:1412\.6980</em>\.", refs)
     assert refs.index("ref-kingma2014adam") < refs.index("ref-loshchilov2019decoupled") < refs.index("Footnotes")
+
+
+LAB = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "lab"
+TINY = """\
+project:
+  type: website
+  output-dir: site
+  render:
+    - /lore/*.qmd
+website:
+  title: "Tiny"
+execute:
+  freeze: false
+"""
+
+
+@pytest.mark.parametrize("body,line,needles", [
+    ("```{python}\nx = 2\n```\n\nTwice is `{python} x * 2`, and `{python} y + 1` fails.\n", 9,
+     ["inline `{python} y + 1`", "NameError", "'y' is not defined"]),
+    ("Before.\n\n::: {.panel-tabset}\nTabs.\n:::\n", 7, ["fenced div", "panel-tabset"]),
+    ("Cite [@nobody].\n", 5, ["citation @nobody", "no bibliography"]),
+])
+def test_lab_render_names_file_and_line_of_bad_quarto_markdown(tmp_path, body, line, needles):
+    """As a user runs it: the installed `lab render` in a fresh process exits 1 and names file:line."""
+    import subprocess
+
+    root = tmp_path / "tiny"
+    (root / "lore").mkdir(parents=True)
+    (root / "_quarto.yml").write_text(TINY, encoding="utf-8")
+    (root / "lore" / "a.qmd").write_text('---\ntitle: "A"\n---\n\n' + body, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["LAB_STORE"] = str(tmp_path / "store")
+    done = subprocess.run([str(LAB), "render", "--strict"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"lore/a.qmd:{line}" in done.stderr, done.stderr
+    for needle in needles:
+        assert needle in done.stderr, (needle, done.stderr)
+    assert not (root / "site").exists()

@@ -309,4 +309,4 @@ def test_figure_layout_options_are_checked(project, put, option, needle):
     path = put(project, "lore/q.qmd", f'---\ntitle: "Q"\n---\n\n```{{python}}\n#| label: fig-a\n#| {option}\n1\n```\n')
     with pytest.raises(SourceError) as err:
         read_document(path, project)
-    assert f"q.qmd:7:" in str(err.value) and needle in str(err.value), str(err.value)
+    assert "q.qmd:7:" in str(err.value) and needle in str(err.value), str(err.value)

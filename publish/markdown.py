@@ -62,15 +62,17 @@ class Inline:
 def inline_expressions(text: str) -> list[Inline]:
     """`` `{python} expr` `` spans outside code blocks, in order. Inline code of another engine is an error
     for the caller to report (see `check_inline`)."""
+    if "{python}" not in text:
+        return []
     found = []
     offset = 0
-    for i, line in enumerate(_masked_lines(text)):
+    for i, (line, raw) in enumerate(zip(_masked_lines(text), text.split("\n"), strict=True)):
         for m in _INLINE_CODE.finditer(line):
             engine = _ENGINE.match(m.group("body").strip())
             if engine and engine.group("engine") == "python":
                 found.append(Inline(expr=engine.group("expr").strip(), line=i, start=offset + m.start(),
                                     end=offset + m.end()))
-        offset += len(text.split("\n")[i]) + 1
+        offset += len(raw) + 1
     return found
 
 
@@ -324,7 +326,10 @@ def inline_footnotes(text: str, counter: list[int]) -> tuple[str, list[str]]:
 
 def check_unsupported(text: str, path, first_line: int) -> None:
     """Pandoc/Quarto syntax we do not render: an error naming the line."""
+    if "{{<" not in text:
+        return
     for i, line in enumerate(_masked_lines(text)):
+        line = _INLINE_CODE.sub(lambda m: " " * len(m.group(0)), line)  # `{{< x >}}` in code is just text
         if _SHORTCODE.search(line):
             raise SourceError(path, first_line + i, f"Quarto shortcode {_SHORTCODE.search(line).group(0)!r} is "
                                                     f"not supported by lab render")

@@ -7,7 +7,10 @@ when exactly one section has that leaf (`steps` is ambiguous: train.steps or rec
 
 Sections (see DEFAULTS for every key and its default):
   corpus, tokenizer  -- owned by experiments.corpus / experiments.tokenizer, validated there
-  model              -- d_model, n_layers, n_heads, d_ff, context, tied, init_std
+  model              -- d_model, n_layers, n_heads, d_ff, context, tied, init_std, tagged (null, or
+                        {ids: 2**k token ids, control: [ids], scale, at: first | origin}: the ids start as
+                        the vertices of a k-cube of edge `scale` in coordinates 0..k-1 around the first
+                        id's initial row (or the origin), the control ids uniformly in the same box)
   precision          -- dtype: bf16 (pure bf16 params and bf16 Adam state, the seeds' setting) | fp32 |
                         fp32-master-rne | fp32-master-sr (fp32 master weights + optimizer, written into the
                         bf16 model by round-to-nearest-even or stochastic rounding seeded by sr_seed).
@@ -67,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "corpus": DEFAULT_CORPUS,
     "tokenizer": DEFAULT_TOKENIZER,
     "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "context": 128, "tied": True,
-              "init_std": 0.02},
+              "init_std": 0.02, "tagged": None},
     "precision": {"dtype": "bf16", "sr_seed": 0},
     "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant",
               "warmup": 0, "min_lr_ratio": 0.0, "clip": None, "impl": "foreach"},
@@ -323,6 +326,38 @@ def validate(cfg: dict, origins: dict | None = None) -> None:
         fail("model.tied", f"must be true or false, got {m['tied']!r}")
     if m["n_heads"] > m["d_model"] or m["d_model"] % m["n_heads"]:
         fail("model.n_heads", f"d_model {m['d_model']} must be a multiple of n_heads {m['n_heads']}")
+    # --- tagged structure (issue 14): rows initialised as a k-cube plus a random control set -----------------
+    if m["tagged"] is not None:
+        tg = m["tagged"]
+        if not isinstance(tg, dict):
+            fail("model.tagged", f"must be null or a mapping {{ids, control, scale, at}}, got {tg!r}")
+        for key in tg:
+            if key not in ("ids", "control", "scale", "at"):
+                fail(f"model.tagged.{key}", "unknown key (known: ids, control, scale, at)")
+        ids, control = tg.get("ids"), tg.get("control", [])
+        n = len(ids) if isinstance(ids, list) else 0
+        if n < 2 or n & (n - 1) or not all(_is_int(i) and i >= 0 for i in ids):
+            fail("model.tagged.ids", f"must be 2**k token ids (k >= 1), the cube's vertices, got {ids!r}")
+        if not (isinstance(control, list) and all(_is_int(i) and i >= 0 for i in control)):
+            fail("model.tagged.control", f"must be a list of token ids, got {control!r}")
+        if len(set(ids) | set(control)) != n + len(control):
+            fail("model.tagged.control", "ids and control must be distinct token ids")
+        if n.bit_length() - 1 > m["d_model"]:
+            fail("model.tagged.ids", f"a {n.bit_length() - 1}-cube needs more than d_model {m['d_model']} coordinates")
+        tg.setdefault("scale", None)
+        tg.setdefault("at", "first")
+        tg["control"] = control
+        if isinstance(tg["scale"], str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                tg["scale"] = float(tg["scale"])
+            except ValueError:
+                pass
+        if not (_is_num(tg["scale"]) and math.isfinite(tg["scale"]) and tg["scale"] > 0):
+            fail("model.tagged.scale", f"must be a positive number (the cube's edge), got {tg['scale']!r}")
+        tg["scale"] = float(tg["scale"])
+        if tg["at"] not in ("first", "origin"):
+            fail("model.tagged.at", f"must be first (the first id's initial row) or origin, got {tg['at']!r}")
+    # --- end tagged structure -------------------------------------------------------------------------------
 
     p = cfg["precision"]
     for key in p:

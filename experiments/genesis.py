@@ -284,3 +284,82 @@ def markdown_table(report) -> str:
         clus = "" if row.cluster is None else f"{row.cluster:.3f}"
         lines.append(f"| {row.comp} | {row.nodes} | {row.tokens} | {row.core} | {row.bh} | {row.edges} | {dens} | {clus} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the tagged structure (a k-cube of dead rows and a random control set, `model.tagged`)
+
+
+@dataclass
+class SetTrack:
+    """One tagged set (the cube or its control) over the recorded steps."""
+
+    size: np.ndarray  # RMS distance of its rows from their centroid, relative to step 0
+    shape_error: np.ndarray  # ‖Y − s·Y0‖ / ‖Y0‖ for offsets Y from the centroid, best scale s: 0 = same shape
+    lag: np.ndarray  # ‖Δ(its centroid) − Δ(the dead cloud's centroid)‖ since step 0, in units of the scale
+    unique: np.ndarray  # distinct bf16 rows among its members
+
+
+@dataclass
+class TaggedTrack:
+    steps: np.ndarray
+    scale: float
+    k: int
+    cell: float  # median bf16 cell of the cube's spanned coordinates at its initial centre
+    cloud_shift: np.ndarray  # ‖Δ(dead centroid)‖ since step 0
+    thermal: np.ndarray  # RMS over dead rows and coordinates of their own motion since step 0 (common part removed)
+    cube: SetTrack
+    control: SetTrack
+
+
+def _set_stats(x: np.ndarray, x0: np.ndarray, shift: np.ndarray, scale: float, bits: np.ndarray):
+    y, y0 = x - x.mean(axis=0), x0 - x0.mean(axis=0)
+    n0 = np.sqrt((y0 ** 2).sum())
+    s = (y * y0).sum() / max((y0 ** 2).sum(), 1e-300)
+    lag = np.linalg.norm((x.mean(axis=0) - x0.mean(axis=0)) - shift) / scale
+    return (np.sqrt((y ** 2).sum()) / max(n0, 1e-300), np.sqrt(((y - s * y0) ** 2).sum()) / max(n0, 1e-300), lag,
+            len(np.unique(bits, axis=0)))
+
+
+@cached
+def tagged_track(run, block: int = 64) -> TaggedTrack:
+    """Follow a tagged run's cube and control set against the rest of the dead cloud (needs record.rows dead
+    or all, and `model.tagged` in the run's config)."""
+    spec = run.config["model"].get("tagged")
+    if not spec:
+        raise ValueError(f"{run.name}: not a tagged run (model.tagged is null)")
+    tokens = np.asarray(run.tokens)
+    pos = {int(t): i for i, t in enumerate(tokens)}
+    missing = [i for i in spec["ids"] + spec["control"] if i not in pos]
+    if missing:
+        raise ValueError(f"{run.name}: tagged token {missing[0]} is not among the recorded rows")
+    cube = np.array([pos[i] for i in spec["ids"]])
+    ctrl = np.array([pos[i] for i in spec["control"]])
+    rest = np.setdiff1d(np.arange(tokens.size), np.concatenate([cube, ctrl]))
+    k = len(spec["ids"]).bit_length() - 1
+    scale = float(spec["scale"])
+    steps = np.asarray(run.steps)
+    b0 = lattice.as_bits(run.tensor("W", steps=int(steps[0]), kind="bits"))
+    x0 = lattice.to_float32(b0).astype(np.float64)
+    cell = float(np.median(lattice.ulp(b0[cube[0], :k])))
+    c0 = x0[rest].mean(axis=0)
+    shift, thermal = [], []
+    stats = {"cube": [], "control": []}
+    for start in range(0, steps.size, block):
+        sel = steps[start:start + block]
+        bits = lattice.as_bits(run.tensor("W", steps=slice(int(sel[0]), int(sel[-1]) + 1), kind="bits"))
+        for b in bits:
+            x = lattice.to_float32(b).astype(np.float64)
+            d = x[rest].mean(axis=0) - c0
+            shift.append(float(np.linalg.norm(d)))
+            own = (x[rest] - x0[rest]) - d
+            thermal.append(float(np.sqrt((own ** 2).mean())))
+            for name, idx in (("cube", cube), ("control", ctrl)):
+                stats[name].append(_set_stats(x[idx], x0[idx], d, scale, b[idx]))
+
+    def track(rows) -> SetTrack:
+        a = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        return SetTrack(a[:, 0], a[:, 1], a[:, 2], a[:, 3].astype(np.int64))
+
+    return TaggedTrack(steps, scale, k, cell, np.asarray(shift), np.asarray(thermal), track(stats["cube"]),
+                       track(stats["control"]))

@@ -43,6 +43,34 @@ class Block(nn.Module):
         return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
 
 
+# --- tagged structure (issue 14) ---------------------------------------------------------------------------
+@torch.no_grad()
+def place_tagged(W: torch.Tensor, spec: dict, generator: torch.Generator) -> None:
+    """Overwrite rows of W (fp32, before the cast) with a tagged structure.
+
+    The 2**k rows `spec["ids"]` become the vertices of a k-cube of edge `scale` in coordinates 0..k-1 (vertex j
+    at offset (bit_b(j) − ½)·scale along coordinate b), centred on the first id's initial row ("first") or the
+    origin; every other coordinate is the centre's. The `control` rows get the same centre and uniform offsets
+    in the same box: the same place and size, no order.
+    """
+    from experiments.errors import ConfigError
+
+    ids, control = list(spec["ids"]), list(spec.get("control") or [])
+    bad = [i for i in ids + control if i >= W.shape[0]]
+    if bad:
+        raise ConfigError(f"model.tagged: token id {bad[0]} is outside the vocabulary (size {W.shape[0]})")
+    k = len(ids).bit_length() - 1
+    centre = W[ids[0]].clone() if spec.get("at", "first") == "first" else torch.zeros(W.shape[1])
+    bits = torch.tensor([[(j >> b) & 1 for b in range(k)] for j in range(len(ids))], dtype=torch.float32)
+    offsets = torch.cat([(bits - 0.5) * spec["scale"],
+                         (torch.rand((len(control), k), generator=generator, dtype=torch.float32) - 0.5)
+                         * spec["scale"]])
+    rows = torch.tensor(ids + control, dtype=torch.long)
+    W[rows] = centre
+    W[rows, :k] += offsets
+# --- end tagged structure -----------------------------------------------------------------------------------
+
+
 class GPT(nn.Module):
     """`GPT(vocab_size, model_cfg)`; call `init_weights(generator)` before use (the constructor draws nothing)."""
 
@@ -79,6 +107,8 @@ class GPT(nn.Module):
         self.ln_f.bias.zero_()
         if self.E is not None:
             normal_(self.E, std)
+        if self.cfg.get("tagged"):  # drawn last, so every other initial value is the untagged run's
+            place_tagged(self.W, self.cfg["tagged"], generator)
 
     def output_matrix(self) -> torch.Tensor:
         return self.W if self.E is None else self.E

@@ -109,3 +109,65 @@ def test_end_structure_on_a_collapsed_run():
     run0, _ = pure_decay_run(steps=2)
     c0, none = genesis.end_structure(run0)
     assert none is None and c0.n_unique == 64
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the tagged structure: config validation and the initialisation
+
+
+def test_tagged_init_places_a_cube_and_a_control_box_and_leaves_everything_else_alone():
+    import torch
+
+    from experiments.model import GPT
+
+    base = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_ff": 16, "context": 8, "tied": True, "init_std": 0.02}
+    spec = {"ids": [3, 9, 4, 7], "control": [11, 12, 13, 14, 15], "scale": 1e-3, "at": "first"}
+    plain, tagged = GPT(20, {**base, "tagged": None}), GPT(20, {**base, "tagged": spec})
+    plain.init_weights(torch.Generator().manual_seed(5))
+    tagged.init_weights(torch.Generator().manual_seed(5))
+    a, b = plain.W.detach().numpy(), tagged.W.detach().numpy()
+    ids, ctrl = spec["ids"], spec["control"]
+    other = np.setdiff1d(np.arange(20), ids + ctrl)
+    np.testing.assert_array_equal(a[other], b[other])  # every other draw is the untagged run's
+    for p, q in zip(plain.parameters(), tagged.parameters()):
+        if p is not plain.W:
+            assert torch.equal(p, q)
+    centre = a[3]
+    cube = b[ids]
+    np.testing.assert_allclose(cube[:, 2:], np.broadcast_to(centre[2:], (4, 6)), rtol=0, atol=0)
+    corners = {tuple(np.round((row[:2] - centre[:2]) / 1e-3 + 0.5).astype(int)) for row in cube}
+    assert corners == {(0, 0), (1, 0), (0, 1), (1, 1)}  # the 4 vertices of a square of edge 1e-3
+    np.testing.assert_allclose(np.abs(cube[:, :2] - centre[:2]), 5e-4, rtol=1e-3)
+    box = b[ctrl]
+    assert (np.abs(box[:, :2] - centre[:2]) <= 5e-4 + 1e-9).all()
+    np.testing.assert_array_equal(box[:, 2:], np.broadcast_to(centre[2:], (5, 6)))
+    origin = GPT(20, {**base, "tagged": {**spec, "at": "origin"}})
+    origin.init_weights(torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(origin.W.detach().numpy()[ids][:, 2:], 0.0)
+
+
+@pytest.mark.parametrize("override,key", [({"model.tagged.ids": [1, 2, 3]}, "model.tagged.ids"),
+                                          ({"model.tagged.scale": 0}, "model.tagged.scale"),
+                                          ({"model.tagged.control": [466]}, "model.tagged.control"),
+                                          ({"model.tagged.at": "centre"}, "model.tagged.at"),
+                                          ({"model.tagged.shape": "cube"}, "model.tagged.shape")])
+def test_tagged_config_errors_name_the_key(override, key):
+    import experiments
+    from experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        experiments.load_config("tagged-cube", **override)
+    cfg = experiments.load_config("tagged-cube")
+    assert cfg["model"]["tagged"]["scale"] == 1e-3 and experiments.load_config("flannel-1")["model"]["tagged"] is None
+
+
+def test_a_tagged_id_outside_the_vocabulary_is_a_config_error():
+    import torch
+
+    from experiments.errors import ConfigError
+    from experiments.model import GPT
+
+    cfg = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_ff": 16, "context": 8, "tied": True, "init_std": 0.02,
+           "tagged": {"ids": [1, 50], "control": [], "scale": 1e-3, "at": "first"}}
+    with pytest.raises(ConfigError, match="model.tagged: token id 50 is outside the vocabulary"):
+        GPT(20, cfg).init_weights(torch.Generator().manual_seed(0))

@@ -9,11 +9,19 @@
     LAB_SMOKE=1 python bench/bench_render.py --root . --cold-store
                                                # a fresh clone: the project's sources copied, empty store,
                                                # plan trained, every page executed
+    python bench/bench_render.py --quarto      # `quarto render` vs `lab render`, LAB_SMOKE=1 copies of the
+                                               # project (tests/pages/quarto_parity.py SUBSET; --all: every
+                                               # page): cold (runs stored, nothing else) and no-change
 
 Each render runs as `lab render` in a fresh interpreter, as a user would start it, so import time is
 included. Cold renders also report where the time went (the render's own `time:` line): total,
 training (planned + inside documents, from the run log), analyses, rendering (pages + site build).
 Goal: a no-change render in <= 3 s.
+
+--quarto: first a warm-up `lab render` in a third copy trains the smoke runs into a shared temporary store,
+so both renderers start with the runs stored and nothing else; then, in two fresh copies, `lab render` and
+`quarto render` cold, then both again without a change. Quarto has no cache for us to use (freeze: false,
+see ARCHITECTURE.md), so its no-change render executes every page again. The ratio column is quarto/lab.
 """
 
 from __future__ import annotations
@@ -119,6 +127,40 @@ def bench_cold_store(root: Path, rows: list) -> None:
         breakdown_rows(root.name, "empty store", parts, rows)
 
 
+def timed_quarto(root: Path, env: dict) -> float:
+    from tests.pages.quarto_parity import quarto_render
+
+    start = time.perf_counter()
+    done = quarto_render(root, env=env, timeout=7200)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"quarto render failed in {root}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def bench_quarto(rows: list, all_pages: bool) -> None:
+    """quarto render vs lab render of LAB_SMOKE=1 copies of the project, runs already stored, side by side."""
+    sys.path.insert(0, str(REPO))
+    from tests.pages.quarto_parity import SUBSET, copy_project, quarto_binary
+
+    if quarto_binary() is None:
+        sys.exit("--quarto: Quarto is not installed (no $QUARTO, no quarto on PATH, no /opt/quarto/bin/quarto)")
+    keep = None if all_pages else SUBSET
+    what = "smoke (all)" if all_pages else "smoke (subset)"
+    with tempfile.TemporaryDirectory(prefix="bench-quarto-", dir=os.environ.get("TMPDIR")) as tmp:
+        env = {"LAB_SMOKE": "1", "LAB_STORE": str(Path(tmp) / "store")}
+        warm = copy_project(Path(tmp) / "warm", keep)
+        t, s = timed_render(warm, "-j", "1", env=env)
+        rows.append((what, "warm-up: runs trained", t, s))
+        lab, quarto = copy_project(Path(tmp) / "lab", keep), copy_project(Path(tmp) / "quarto", keep)
+        for label in ("cold (runs stored)", "no-change"):
+            t_lab, s = timed_render(lab, "-j", "1", env=env)
+            rows.append((what, f"lab render {label}", t_lab, s))
+            t_quarto = timed_quarto(quarto, env)
+            rows.append((what, f"quarto render {label}", t_quarto, ""))
+            rows.append((what, f"ratio quarto/lab {label}", t_quarto / t_lab, "x (ratio, not seconds)"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="also time renders of this project (renders it in place)")
@@ -127,15 +169,24 @@ def main() -> int:
                              "runs cached, with the time breakdown")
     parser.add_argument("--cold-store", action="store_true",
                         help="with --root: also time a fresh clone's build (copied sources, empty store)")
+    parser.add_argument("--quarto", action="store_true",
+                        help="instead: quarto render vs lab render of a LAB_SMOKE=1 copy of this project")
+    parser.add_argument("--all", action="store_true", help="with --quarto: every page, not the parity subset")
     args = parser.parse_args()
     rows: list = []
-    bench_fixture(rows)
+    load_before = os.getloadavg()
+    if args.quarto:
+        bench_quarto(rows, args.all)  # both renderers with -j1 equivalent: Quarto executes one page at a time
+    else:
+        bench_fixture(rows)
     if args.root:
         bench_root(args.root.resolve(), rows, args.cold, args.cold_store)
-    print(f"{'project':<12} {'measurement':<30} {'value':>8}  summary")
+    print(f"load average (1 min) before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs: timings taken side by side, compare the ratios")
+    print(f"{'project':<14} {'measurement':<34} {'value':>8}  summary")
     for project, what, value, summary in rows:
-        unit = "" if "speed-up" in what else " s"
-        print(f"{project:<12} {what:<30} {value:>6.2f}{unit:<2}  {summary}")
+        unit = "" if ("speed-up" in what or "ratio" in what) else " s"
+        print(f"{project:<14} {what:<34} {value:>6.2f}{unit:<2}  {summary}")
     return 0
 
 

@@ -1,9 +1,11 @@
 """The document cache: `<root>/.lab/cache/<source path>.ipynb` + `.json`, one pair per document.
 
-Quarto's freeze keys only on a document's own text, so it goes stale when imported code changes. Our record
-keys on everything the execution used (see execute.py): the source, every project module and file it read,
-and the runs it loaded. A document re-executes iff one of these changed or vanished; otherwise the cached
-notebook is reused. Hashes are sha256 of the bytes; a (size, mtime) match skips re-hashing. Run files are
+Quarto's freeze (`_freeze/<page>/execute-results/html.json`) keys only on the md5 of a document's own text,
+so it goes stale when imported code, data, runs or LAB_SMOKE change; the project therefore runs Quarto with
+`freeze: false` and `lab render` refuses any other freeze (ARCHITECTURE.md, "Freeze cannot lie"). This cache
+is the only reuse: its record keys on everything the execution used (see execute.py): the source, every
+project module and file it read, the runs it loaded, and ENV_KEYS. A document re-executes iff one of these
+changed or vanished; otherwise the cached notebook is reused. `_freeze/` is never read. Hashes are sha256 of the bytes; a (size, mtime) match skips re-hashing. Run files are
 immutable once complete (written to a temp file and renamed), so their (size, mtime) identifies them
 without reading gigabytes.
 

@@ -39,7 +39,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import h5py
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     import experiments
     from experiments import cluster
@@ -71,8 +71,7 @@ def main() -> int:
 
         os.environ["LAB_STORE"] = str(stores["cluster"])
         started = time.perf_counter()
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as local, Client(local) as client:
+        with cluster.start_local(args.workers) as local, Client(local) as client:  # as `--cluster local:N`
             client.wait_for_workers(args.workers)
             t_up = time.perf_counter() - started
             began = time.perf_counter()

@@ -101,15 +101,25 @@ def connect(cluster, threads: int = 1, wait: float = 60.0):
         yield client
 
 
-def start_local(workers: int, port: int = 0, host: str | None = None, dashboard: str | None = None):
-    """A LocalCluster of `workers` single-thread worker processes (each trains one run at a time).
+# Dask's nannies put these in the environment of the worker processes they start, and of the process that
+# starts them (os.environ.update). MALLOC_TRIM_THRESHOLD_=65536 turns off glibc's dynamic mmap threshold:
+# every tensor over 128 KiB is then mmapped and unmapped again, and training took 1.5x the CPU time
+# (crucible-grid, 40 steps: 4.1 vs 2.7 s, measured). torch's threads come from each run's config, so the
+# 1-thread caps are not needed either; None keeps a variable out (the environment stays the client's).
+NANNY_ENV = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None,
+             "OPENBLAS_NUM_THREADS": None}
 
-    Dask caps OMP/MKL/OpenBLAS at 1 thread in worker processes; `train` sets torch's threads from the run
-    config itself, so a run's `train.threads` is honoured (and the training slots keep the cores from being
-    oversubscribed)."""
+
+def start_local(workers: int, port: int = 0, host: str | None = None, dashboard: str | None = None):
+    """A LocalCluster of `workers` single-thread worker processes (each trains one run at a time), started
+    without Dask's allocator setting (NANNY_ENV); `train` sets torch's threads from the run config, and the
+    training slots keep the cores from being oversubscribed."""
     distributed = _distributed()
-    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                    scheduler_port=port, host=host, dashboard_address=dashboard)
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": NANNY_ENV}):  # read when each nanny starts
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        scheduler_port=port, host=host, dashboard_address=dashboard)
 
 
 # ------------------------------------------------------------------------------------ the worker side
@@ -147,6 +157,7 @@ def _task(cfg: dict, key: str, store: str, token: str, env: dict) -> dict:
                                 "the worker's training code, torch or numpy differ from the client's")
             final = store_path / f"{cfg['name']}-{key}.h5"
             existed = final.exists()
+            resumed_from = None if existed else _checkpoint_step(final)  # a killed worker's last checkpoint
             relay.start()
             started = time.monotonic()
             # the bar counts steps for the heartbeat; it is drawn nowhere (the client draws the bars)
@@ -164,9 +175,24 @@ def _task(cfg: dict, key: str, store: str, token: str, env: dict) -> dict:
                     os.environ[k] = v
     by = _trained_by(run.path)
     trained = not existed and by.get("host") == host and by.get("pid") == pid
-    _HISTORY.append({"key": key, "trained": trained, "seconds": round(seconds, 3)})
+    resumed_from = resumed_from if trained else None
+    _HISTORY.append({"key": key, "trained": trained, "seconds": round(seconds, 3), "resumed_from": resumed_from})
     return {"key": key, "path": str(run.path), "trained": trained, "host": host, "pid": pid,
-            "seconds": round(seconds, 3)}
+            "seconds": round(seconds, 3), "resumed_from": resumed_from,
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def _checkpoint_step(final: Path) -> int | None:
+    """The step of the checkpoint an interrupted training of `final` left (None: none, or unreadable)."""
+    ckpt = runs._ckpt(final)
+    if not ckpt.exists():
+        return None
+    try:
+        import torch
+
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+    except Exception:  # torn or foreign: `runs` decides what to do with it, this is only a report
+        return None
 
 
 def _trained_by(path: Path) -> dict:
@@ -185,14 +211,16 @@ def _relay(worker, beats: Path, key: str, steps: int, stop: threading.Event) -> 
 
     host, pid = socket.gethostname(), os.getpid()
     tail = {"progress": beats, "offset": 0}
-    last = None
+    state, step, sent = "preparing", None, None
     while True:
-        step, state = runs._last_progress(tail)
-        msg = {"key": key, "state": state or "preparing", "step": step, "steps": steps, "host": host, "pid": pid}
-        if worker is not None and (msg["state"], msg["step"]) != last:
+        new_step, new_state = runs._last_progress(tail)  # (None, None) when nothing new was appended
+        state = new_state or state
+        step = new_step if new_step is not None else step
+        if worker is not None and (state, step) != sent:
+            msg = {"key": key, "state": state, "step": step, "steps": steps, "host": host, "pid": pid}
             with contextlib.suppress(Exception):  # observation only: never disturb the training
                 worker.log_event(TOPIC, msg)
-            last = (msg["state"], msg["step"])
+            sent = (state, step)
         if stop.wait(RELAY_EVERY):
             return
 
@@ -262,6 +290,8 @@ def _submit_and_watch(client, todo: dict, out, progress: bool, retries: int) -> 
     overall = tqdm(total=total_steps, desc=f"training {len(todo)} runs on {_where(client)}", unit="step",
                    position=0, disable=not show, file=out)
     bars: dict[str, tqdm] = {}
+    lines: dict[str, int] = {}  # key -> the terminal line of its bar (0 is the overall bar)
+    warned = False
     done_steps: dict[str, int] = {}
     results: dict[str, dict] = {}
     futures = {}
@@ -280,8 +310,10 @@ def _submit_and_watch(client, todo: dict, out, progress: bool, retries: int) -> 
                         continue  # another client's run, or one already finished
                     cfg = todo[key][0]
                     if key not in bars:
+                        used = {lines[k] for k in bars if k not in results}  # a finished run frees its line
+                        lines[key] = next(i for i in range(1, len(bars) + 2) if i not in used)
                         bars[key] = tqdm(total=int(cfg["train"]["steps"]), unit="step", leave=False,
-                                         position=len(bars) + 1, disable=not show, file=out)
+                                         position=lines[key], disable=not show, file=out)
                         done_steps[key] = 0
                     bars[key].set_description_str(f"  {cfg['name']} {key[:8]} on {msg.get('host')}"
                                                   + (" (waiting)" if msg.get("state") == "waiting" else ""))
@@ -303,11 +335,20 @@ def _submit_and_watch(client, todo: dict, out, progress: bool, retries: int) -> 
                 else:
                     overall.update(steps - done_steps.get(key, 0))
                 done_steps[key] = steps
+                trim = results[key].get("malloc_trim")
+                if trim and not warned:
+                    warned = True
+                    print(f"note: worker on {results[key]['host']} runs with MALLOC_TRIM_THRESHOLD_={trim} (Dask's "
+                          "nanny default), which makes training about 1.5x slower; start workers with "
+                          "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\" "
+                          "(README: Many machines)", file=out, flush=True)
                 if not quiet:
                     r, name = results[key], todo[key][0]["name"]
                     line = (f"{name} {key[:8]}: failed: {r['error']}" if "error" in r else
                             f"{name} {key[:8]}: {'trained' if r['trained'] else 'found'} on {r['host']} "
-                            f"in {r['seconds']:.1f} s ({len(results)} of {len(futures)} done)")
+                            f"in {r['seconds']:.1f} s"
+                            + (f", resumed from step {r['resumed_from']}" if r.get("resumed_from") else "")
+                            + f" ({len(results)} of {len(futures)} done)")
                     if show:
                         tqdm.write(line, file=out)
                     else:

@@ -622,7 +622,9 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None, cluster=None) -
     if len(missing) > STALE_WARNING:
         _warn_stale(len(missing), out)
     total_steps = sum(int(cfg["train"]["steps"]) for _, cfg in missing.values())
-    print(f"training {len(missing)} runs ({total_steps:,} steps, {max(1, min(jobs, len(missing)))} at a time); "
+    where = f"on the cluster {cluster}" if isinstance(cluster, str) else (
+        "on the cluster" if cluster is not None else f"{max(1, min(jobs, len(missing)))} at a time")
+    print(f"training {len(missing)} runs ({total_steps:,} steps, {where}); "
           f"{len(stored)} already in the store", file=out, flush=True)
     if cluster is not None:  # --- cluster (issue 13) ---
         from experiments import cluster as dask_cluster

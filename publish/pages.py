@@ -146,6 +146,13 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     ncol = int(chunk.options.get("layout-ncol") or 1)
     panels: list[tuple[str, str]] | None = [] if subcaps or ncol > 1 else None
     panels_at = -1
+    # a table chunk (`tbl-` label + `tbl-cap`): its outputs under "Table N: caption", on top as in Quarto
+    table_at = len(out.blocks)
+    table_caption = chunk.options.get("tbl-cap")
+    if label and str(label).startswith("tbl-") and table_caption and number is not None:
+        table_caption = f"Table&nbsp;{number}: {table_caption}"
+    else:
+        table_caption = None
     n_image = 0
     for output in outputs:
         kind = output.get("output_type")
@@ -198,6 +205,10 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
     flush()
     if panels:
         out.blocks[panels_at] = _layout(label, panels, subcaps, ncol, caption)
+    if table_caption and len(out.blocks) > table_at:
+        out.blocks.insert(table_at, f'<figure class="lab-table" markdown="block">\n'
+                                    f'<figcaption markdown="span">{table_caption}</figcaption>')
+        out.blocks.append("</figure>")
 
 
 def _layout(label: str | None, panels: list[tuple[str, str]], subcaps: list[str], ncol: int,

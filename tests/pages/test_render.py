@@ -296,6 +296,10 @@ def test_quarto_markdown_features(built):
     assert '<a href="#sec-curves">Section&nbsp;2</a>' in entry and '<a href="#sec-sum">Section&nbsp;1</a>' in entry
     assert '<a href="#fig-panels">Figure&nbsp;2</a>' in entry and '<a href="#fig-panels-2">Figure&nbsp;2 (b)</a>' in entry
     assert re.search(r'id="sec-curves"', entry)
+    # a table chunk: numbered caption on top, referenced
+    assert re.search(r'<figure class="lab-table">\s*<figcaption>Table&nbsp;1: Sums of the first '
+                     r'<span class="arithmatex">\\\(n\\\)</span> numbers\.</figcaption>\s*<table>', entry)
+    assert '<a href="#tbl-sums">Table&nbsp;1</a>' in entry
     # callouts: titled note, collapsed warning titled by its heading
     assert re.search(r'<div class="admonition note">\s*<p class="admonition-title">The seeds reported</p>\s*'
                      r"<p>Seed 0 gives 55; see", entry)

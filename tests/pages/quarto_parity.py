@@ -118,6 +118,28 @@ def compare(lab_site: Path, quarto_site: Path) -> dict[str, dict]:
     return diffs
 
 
+# A link-closed part of the project (its pages link only to each other and the top pages): what the parity
+# test and bench/bench_render.py --quarto render by default, to keep within the suite's time.
+SUBSET = ["log/2026-11-22-1930-flannel-1-first-look.qmd", "lore/dead-tokens.qmd", "lore/origin-or-centroid.qmd",
+          "lore/step-one.qmd"]
+
+COPY_IGNORE = shutil.ignore_patterns("site", ".lab", "store", ".git", ".venv", "test-artifacts", "*.egg-info", "tests",
+                                     "bench", ".quarto-install", ".quarto", "_freeze", "__pycache__",
+                                     ".pytest_cache", ".ruff_cache", ".hypothesis")
+
+
+def copy_project(dest: Path, keep: list[str] | None = None) -> Path:
+    """The project as a fresh clone has it (sources, settings, plan, code; no store, site or caches) in `dest`;
+    with `keep`, only those log/ and lore/ sources (the top pages always)."""
+    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
+    if keep is not None:
+        for section in ("log", "lore"):
+            for path in (dest / section).iterdir():
+                if path.is_file() and f"{section}/{path.name}" not in keep:
+                    path.unlink()
+    return dest
+
+
 def generated_content(site: Path) -> dict[str, bool]:
     home = (site / "index.html").read_text(encoding="utf-8")
     runs = (site / "runs.html").read_text(encoding="utf-8")

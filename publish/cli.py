@@ -1,4 +1,4 @@
-"""Command line for the publishing machinery: `render` and `new`.
+"""Command line for the publishing machinery: `render`, `new` and `preview`.
 
 `register(subparsers)` adds both to an argparse parser (lab/cli.py calls it); each handler is stored as
 `func` in the parsed namespace and returns an exit code. `python -m publish` uses the same parsers.

@@ -148,7 +148,7 @@ def test_tagged_init_places_a_cube_and_a_control_box_and_leaves_everything_else_
 
 @pytest.mark.parametrize("override,key", [({"model.tagged.ids": [1, 2, 3]}, "model.tagged.ids"),
                                           ({"model.tagged.scale": 0}, "model.tagged.scale"),
-                                          ({"model.tagged.control": [466]}, "model.tagged.control"),
+                                          ({"model.tagged.control": [89]}, "model.tagged.control"),
                                           ({"model.tagged.at": "centre"}, "model.tagged.at"),
                                           ({"model.tagged.shape": "cube"}, "model.tagged.shape")])
 def test_tagged_config_errors_name_the_key(override, key):

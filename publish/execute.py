@@ -456,9 +456,10 @@ def execute(doc: Document, *, timeout: float | None = None, startup_timeout: flo
             # cleanup_kc: nbclient only shuts down kernels it created itself, and we pass our own manager
             with client.setup_kernel(env=env, cwd=str(doc.path.parent), cleanup_kc=True):
                 client.execute_cell(setup, 0)
-                if figure_size(doc):  # front matter fig-width / fig-height: matplotlib's default size
+                size = figure_size(doc, project)  # fig-width / fig-height: matplotlib's default size
+                if size:
                     client.execute_cell(nbformat.v4.new_code_cell(
-                        f"import matplotlib as _lab_mpl\n_lab_mpl.rcParams['figure.figsize'] = {figure_size(doc)!r}\n"
+                        f"import matplotlib as _lab_mpl\n_lab_mpl.rcParams['figure.figsize'] = {size!r}\n"
                         f"del _lab_mpl"), 0)
                 for index, cell in enumerate(nb.cells, start=1):
                     if client.lab_aborted:
@@ -593,12 +594,26 @@ def _execute_cell(client, cell, index: int, timeout: float | None, progress: Pat
         raise _Timeout()
 
 
-def figure_size(doc: Document) -> tuple[float, float] | None:
-    """(width, height) in inches when the front matter sets `fig-width` / `fig-height`; the other one is
-    Quarto's html default (7 x 5)."""
-    if "fig-width" not in doc.meta and "fig-height" not in doc.meta:
+def figure_size(doc: Document, project: dict | None = None) -> tuple[float, float] | None:
+    """(width, height) in inches when the front matter or _quarto.yml's `format: html:` sets `fig-width` /
+    `fig-height` (the front matter wins); an unset one is Quarto's html default (7 x 5)."""
+    layers = [doc.meta]
+    fmt = (project or {}).get("format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("html"), dict):
+        layers.append(fmt["html"])
+    size = {}
+    for key in ("fig-width", "fig-height"):
+        for layer in layers:
+            if key in layer:
+                value = layer[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise ExecutionError(doc.path, "(options)", None,
+                                         f"{key} must be a positive number of inches, got {value!r}")
+                size[key] = float(value)
+                break
+    if not size:
         return None
-    return float(doc.meta.get("fig-width", 7)), float(doc.meta.get("fig-height", 5))
+    return size.get("fig-width", 7.0), size.get("fig-height", 5.0)
 
 
 _INLINE_MARK = "__lab_inline__"

@@ -87,7 +87,7 @@ def test_entry_typesets_math_and_loads_figures(browser, site_url):
     assert images.count() >= 1
     widths = images.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
     assert all(w > 100 for w in widths), widths
-    assert "The first curve" in page.locator("figcaption").first.inner_text()
+    assert page.locator("figure:has(img) figcaption", has_text="The first curve").count() == 1
     shot(page, "fixture-log-entry")
     assert problems == []
 

@@ -365,3 +365,25 @@ def test_lab_render_names_file_and_line_of_bad_quarto_markdown(tmp_path, body, l
     for needle in needles:
         assert needle in done.stderr, (needle, done.stderr)
     assert not (root / "site").exists()
+
+
+def test_fig_width_and_height_set_the_figure_size(tmp_path, monkeypatch, capsys):
+    """Front matter (or _quarto.yml's format: html:) fig-width / fig-height, in inches, are matplotlib's
+    default size for the page, as under Quarto (the PNG is 200 dpi, cropped tight)."""
+    from PIL import Image
+
+    root = tmp_path / "tiny"
+    (root / "lore").mkdir(parents=True)
+    (root / "_quarto.yml").write_text(TINY + "format:\n  html:\n    fig-width: 4\n", encoding="utf-8")
+    chunk = "```{python}\n#| label: fig-a\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n```\n"
+    (root / "lore" / "a.qmd").write_text('---\ntitle: "A"\nfig-width: 3\nfig-height: 2\n---\n\n' + chunk)
+    (root / "lore" / "b.qmd").write_text('---\ntitle: "B"\n---\n\n' + chunk)
+    monkeypatch.setenv("LAB_STORE", str(tmp_path / "store"))
+    assert render(root, jobs=1, strict=True) == 0, capsys.readouterr()
+    sizes = {}
+    for page in ("a", "b"):
+        png = root / f"site/lore/{page}_files/figure-html/fig-a-output-1.png"
+        sizes[page] = Image.open(png).size
+    (wa, ha), (wb, hb) = sizes["a"], sizes["b"]
+    assert 520 <= wa <= 600 and 340 <= ha <= 400, sizes  # 3 x 2 in
+    assert 700 <= wb <= 800 and hb > wb, sizes  # 4 in wide (project), 5 in high (Quarto's default)

@@ -1,13 +1,18 @@
 """Benchmark of the experiment rig on this machine: `python bench/bench_train.py [--quick]`.
 
 On the default site config (flannel-1: D 64, 2 layers, vocab 10,000, batch 8x128) it times, side by side:
-a plain PyTorch loop of the same model; our loop without recording; recording W (dead rows = the site
+a plain PyTorch loop of the same model as one writes it with torch's own attention kernel
+(F.scaled_dot_product_attention, which experiments.model used before it wrote attention out in fp32) and no
+determinism settings; our loop without recording; recording W (dead rows = the site
 default, and all rows) every step; W, m, v and grad of all rows every step. It reports ms/step, the ratio
 plain/ours (>= 1.0 means our loop is at least as fast), the recording overhead, the share of the machine's
 bf16 matmul peak (a step's matmul FLOPs over a measured torch bf16 matmul rate), bytes on disk per recorded
 step, peak RSS when recording 1k vs 4k steps (a smaller model, D 16, batch 2x32, W of all 10,000 rows every
-step, so the writes dominate), the time to read one token's full trajectory, and the seeds' batch
+step, so the writes dominate), the two ways analyses read a 1,000-step recording of the site's 3,116 dead
+rows (one token's full trajectory; one step of every row; a 128-step block as geometry.iter_blocks reads),
+in the current chunk layout and in the previous one (one step per chunk) side by side, and the seeds' batch
 (32x128) extrapolated to 1,000 steps beside the seeds' own figure (26.7 s on an Apple M4 laptop GPU).
+The load average is printed with the figures: compare ratios, which are measured side by side.
 
 The machine may be shared, so ms/step is the fastest 10-step window over `--repeat` runs of each variant
 (in rotating order), not the total. `--quick` is a
@@ -30,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
+from experiments import record as record_module  # noqa: E402
 from experiments import runs as R  # noqa: E402
 from experiments.config import load_config, resolve_device  # noqa: E402
 from experiments.model import GPT, flops_per_step  # noqa: E402
@@ -63,17 +70,31 @@ def matmul_rate(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1
     return 2 * m * k * n * reps / (time.perf_counter() - t0)
 
 
+def _sdpa_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """experiments.model.Block.forward as one writes it plainly: torch's fused attention kernel."""
+    B, T, D = x.shape
+    q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
+    shape = (B, T, self.n_heads, D // self.n_heads)
+    q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    x = x + self.proj(a.transpose(1, 2).reshape(B, T, D))
+    return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
+
+
 def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> float:
-    """The same model and optimizer in the plainest loop: no determinism flags, no recording, random batches.
+    """The same model and optimizer in the plainest loop: torch's attention kernel, no determinism flags, no
+    recording, random batches.
 
     Returns the fastest 10-step window's seconds per step, measured as `train` does.
     """
-    import torch.nn.functional as F
+    import types
 
     torch.manual_seed(0)
     model = GPT(vocab, cfg["model"])
     model.init_weights(torch.Generator().manual_seed(0))
     model = model.to(torch.bfloat16)
+    for block in model.blocks:
+        block.forward = types.MethodType(_sdpa_forward, block)
     o = cfg["optim"]
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
                             weight_decay=o["weight_decay"], foreach=True)
@@ -94,6 +115,58 @@ def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> float:
         if len(stamps) > 10:
             best = min(best, (stamps[-1] - stamps[-11]) / 10)
     return best
+
+
+def write_recording(path: Path, steps: int, rows: int, d: int, step_block: int, chunk_bytes: int) -> float:
+    """A W recording of `rows` x `d` bf16 over steps 0..`steps` written by the Recorder in the given chunk layout
+    (step_block 1, 64 KiB: the layout before chunks spanned several steps). Returns the seconds it took."""
+    from experiments.record import Recorder
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 1 << 16, (rows, d), dtype=np.uint16) for _ in range(4)]
+    attrs = {"name": "bench", "key": "0" * 16, "key_parts": "{}", "config": json.dumps({"record": {"rows": "dead"}}),
+             "versions": "{}", "created": "", "description": ""}
+    saved = record_module.STEP_BLOCK, record_module._CHUNK_BYTES
+    record_module.STEP_BLOCK, record_module._CHUNK_BYTES = step_block, chunk_bytes
+    try:
+        t0 = time.perf_counter()
+        rec = Recorder(path, attrs=attrs, tokens=np.arange(rows), steps=np.arange(steps + 1), steps_total=steps,
+                       d_model=d, tensors={"W": "bfloat16"}, dead=np.ones(rows, bool),
+                       counts=np.zeros(rows, np.int64))
+        for s in range(steps + 1):
+            rec.write_step(s, {"W": frames[s % 4]})
+        rec.write_scalars(1, np.ones(steps, np.float32), np.full(steps, 1e-3), np.ones(steps, np.float32))
+        rec.finish()
+        return time.perf_counter() - t0
+    finally:
+        record_module.STEP_BLOCK, record_module._CHUNK_BYTES = saved
+
+
+def read_patterns(tmp: Path, steps: int = 1000, rows: int = 3116, repeat: int = 5) -> dict:
+    """Best-of-`repeat` seconds of the analyses' read patterns, current chunk layout vs one step per chunk."""
+    layouts = {"current": (record_module.STEP_BLOCK, record_module._CHUNK_BYTES), "one step per chunk": (1, 65536)}
+    runs, out = {}, {}
+    for name, (sb, cb) in layouts.items():
+        path = tmp / f"read-{sb}.h5"
+        out[f"write, {name}"] = write_recording(path, steps, rows, 64, sb, cb)
+        runs[name] = Run(path)
+    token = int(runs["current"].tokens[len(runs["current"].tokens) // 2])
+    mid = steps // 2
+    cases = {"one token, every step": lambda r: r.trajectory(token),
+             "one step, every row": lambda r: r.W(steps=mid, kind="bits"),
+             "128 steps, every row": lambda r: r.W(steps=slice(mid, mid + 128), kind="bits")}
+    for label, fn in cases.items():
+        for name in layouts:
+            out[f"{label}, {name}"] = float("inf")
+        for _ in range(repeat):  # alternate the layouts, so that neither gets a quieter machine
+            for name, r in runs.items():
+                t0 = time.perf_counter()
+                fn(r)
+                out[f"{label}, {name}"] = min(out[f"{label}, {name}"], time.perf_counter() - t0)
+    for name in layouts:
+        out[f"file MB, {name}"] = runs[name].path.stat().st_size / 2**20
+        runs[name].path.unlink()
+    return out
 
 
 def main() -> int:
@@ -169,18 +242,8 @@ def main() -> int:
         rss[n] = json.loads(out.stdout.strip().splitlines()[-1])
         rss[n]["bytes"] = (tmp / f"r{n}.h5").stat().st_size
 
-    big = tmp / f"r{rss_steps[1]}.h5"
-    import h5py
-
-    with h5py.File(big, "r+") as f:  # the reader wants a complete run's attributes
-        for k, v in {"config": json.dumps({"record": {"rows": "all"}}), "key_parts": "{}", "versions": "{}",
-                     "created": "", "description": ""}.items():
-            f.attrs[k] = v
-    run = Run(big)
-    token = int(run.tokens[len(run.tokens) // 2])
-    t0 = time.perf_counter()
-    traj = run.trajectory(token)
-    read_s = time.perf_counter() - t0
+    print("reading a 1,000-step recording of 3,116 rows, two chunk layouts ...", flush=True)
+    reads = read_patterns(tmp)
 
     plain, ours = seconds["plain PyTorch loop"], seconds["ours, no recording"]
     rows = []
@@ -202,20 +265,28 @@ def main() -> int:
     print(f"bf16 matmul peak (torch 2048^3, {threads} threads): {peak / 1e9:.1f} GFLOP/s; the step's dominant "
           f"shape ({B * (L - 1)}x{base['model']['d_model']} @ {base['model']['d_model']}x{V}) runs at "
           f"{shape_rate / 1e9:.1f} GFLOP/s; one step = {flops / 1e9:.2f} GFLOP of matmuls")
-    print(f"seeds' batch 32x128: {seed_ms:.0f} ms/step -> 1,000 steps in "
-          f"{seed_1000:.0f} s here, vs {SEED_SECONDS} s on an Apple M4 laptop GPU")
+    seed_flops = flops_per_step(V, seed_cfg["model"], seed_cfg["train"]["batch_size"], seed_cfg["train"]["seq_len"])
+    print(f"seeds' batch 32x128: {seed_ms:.0f} ms/step ({seed_flops / (seed_ms / 1000) / peak * 100:.1f}% of bf16 "
+          f"peak) -> 1,000 steps in {seed_1000:.0f} s here, vs {SEED_SECONDS} s on an Apple M4 laptop GPU")
     a, b = rss_steps
-    print(f"peak RSS recording {a} vs {b} steps (D 16, batch 2x32, W of all {len(run.tokens)} rows): "
+    print(f"peak RSS recording {a} vs {b} steps (D 16, batch 2x32, W of all {V} rows): "
           f"{rss[a]['rss_kib'] / 1024:.0f} MiB vs {rss[b]['rss_kib'] / 1024:.0f} MiB "
           f"(files {rss[a]['bytes'] / 2**20:.0f} MiB vs {rss[b]['bytes'] / 2**20:.0f} MiB, "
           f"{rss[b]['bytes'] / (b + 1) / 1024:.0f} KiB per recorded step)")
-    print(f"read one token's full W trajectory ({traj.shape[0]} steps x {traj.shape[1]}) from the {b}-step file: "
-          f"{read_s * 1000:.1f} ms")
+    print(f"reads of a 1,000-step W recording of 3,116 rows x 64 (best of 5; {reads['file MB, current']:.0f} MB; "
+          f"written in {reads['write, current']:.1f} s vs {reads['write, one step per chunk']:.1f} s):")
+    for label in ("one token, every step", "one step, every row", "128 steps, every row"):
+        cur, old = reads[f"{label}, current"], reads[f"{label}, one step per chunk"]
+        print(f"  {label:<22} {cur * 1000:8.1f} ms   (one step per chunk: {old * 1000:8.1f} ms, "
+              f"{old / cur:.2f}x)")
+    load = os.getloadavg()
+    print(f"load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
     if args.json:
         args.json.write_text(json.dumps({
             "steps": steps, "ms_per_step": {k: v / steps * 1000 for k, v in seconds.items()},
             "bytes_per_step": sizes, "peak_flops": peak, "shape_flops": shape_rate, "step_flops": flops, "seed_1000_steps_s": seed_1000,
-            "rss_kib": {str(k): v["rss_kib"] for k, v in rss.items()}, "trajectory_read_s": read_s}, indent=2))
+            "rss_kib": {str(k): v["rss_kib"] for k, v in rss.items()}, "reads_s": reads,
+            "load": os.getloadavg()}, indent=2))
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()

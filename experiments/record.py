@@ -282,7 +282,7 @@ class Recorder:
             try:
                 self._put(name, start, buf[:n])
             except (OSError, RuntimeError) as e:
-                raise self._error_for(e, f"writing {name}[step {first}{f'-{last}' if last != first else ''}]")
+                raise self._error_for(e, f"writing {name}[step {first}{f'-{last}' if last != first else ''}]") from None
             spare.append(buf)
 
         self._enqueue(put)

@@ -127,11 +127,19 @@ def bench_cold_store(root: Path, rows: list) -> None:
         breakdown_rows(root.name, "empty store", parts, rows)
 
 
-def timed_quarto(root: Path, env: dict) -> float:
-    from tests.pages.quarto_parity import quarto_render
+def parity_helpers():
+    """tests/pages/quarto_parity.py, loaded by path (tests/ is not a package; site-packages may have one)."""
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("quarto_parity", REPO / "tests" / "pages" / "quarto_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed_quarto(root: Path, env: dict) -> float:
     start = time.perf_counter()
-    done = quarto_render(root, env=env, timeout=7200)
+    done = parity_helpers().quarto_render(root, env=env, timeout=7200)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"quarto render failed in {root}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -140,10 +148,9 @@ def timed_quarto(root: Path, env: dict) -> float:
 
 def bench_quarto(rows: list, all_pages: bool) -> None:
     """quarto render vs lab render of LAB_SMOKE=1 copies of the project, runs already stored, side by side."""
-    sys.path.insert(0, str(REPO))
-    from tests.pages.quarto_parity import SUBSET, copy_project, quarto_binary
-
-    if quarto_binary() is None:
+    helpers = parity_helpers()
+    SUBSET, copy_project = helpers.SUBSET, helpers.copy_project  # noqa: N806
+    if helpers.quarto_binary() is None:
         sys.exit("--quarto: Quarto is not installed (no $QUARTO, no quarto on PATH, no /opt/quarto/bin/quarto)")
     keep = None if all_pages else SUBSET
     what = "smoke (all)" if all_pages else "smoke (subset)"

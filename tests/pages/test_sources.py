@@ -310,3 +310,12 @@ def test_figure_layout_options_are_checked(project, put, option, needle):
     with pytest.raises(SourceError) as err:
         read_document(path, project)
     assert "q.qmd:7:" in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_nested_callouts_code_inside_and_headings_in_callouts_are_not_sections(project, put):
+    md = page_markdown(project, put, "See @sec-b.\n\n## A {#sec-a}\n\n:::: {.callout-note}\n## Outer\nText.\n\n"
+                                     "::: {.callout-tip}\nInner.\n:::\n\n```text\n::: not a div\n"
+                                     "`{python} not evaluated`\n```\n::::\n\n## B {#sec-b}\n")
+    assert "[Section&nbsp;2](#sec-b)" in md  # the callout's heading is its title, not a section
+    assert '!!! note "Outer"\n\n    Text.' in md and "    !!! tip\n\n        Inner." in md
+    assert "    ::: not a div\n    `{python} not evaluated`" in md

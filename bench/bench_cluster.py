@@ -6,6 +6,7 @@ sharing one prepared corpus/tokenizer:
   1. one local process training the members one after another (`experiments.sweep(cfg)`),
   2. a LocalCluster of --workers single-thread worker processes (`experiments.sweep(cfg, executor=client)`),
      wall time with and without starting the cluster,
+with the CPU seconds each side used (how much of the machine the sweep got: others' load shows there),
 then the engine's overhead per task: an empty task submitted and awaited --tasks times (median submit ->
 start on the worker, and the client's round trip). Both sides' recordings are compared bit for bit.
 On N cores expect at most about N x (one thread per run); each extra machine adds its cores' worth of
@@ -64,9 +65,9 @@ def main() -> int:
               f"{os.cpu_count()} cores; load before: {load()}", flush=True)
         R._prepare(members[0], stores["local"])  # corpus and tokenizer once, outside the timings
 
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), _cpu()
         serial = experiments.sweep(args.preset, progress=True, **overrides)
-        t_serial = time.perf_counter() - started
+        t_serial, cpu_serial = time.perf_counter() - started, _cpu() - cpu0
         print(f"1 local process: {t_serial:.1f} s", flush=True)
 
         os.environ["LAB_STORE"] = str(stores["cluster"])
@@ -74,9 +75,10 @@ def main() -> int:
         with cluster.start_local(args.workers) as local, Client(local) as client:  # as `--cluster local:N`
             client.wait_for_workers(args.workers)
             t_up = time.perf_counter() - started
-            began = time.perf_counter()
+            began, cpu0 = time.perf_counter(), sum(client.run(_cpu).values())
             fanned = experiments.sweep(args.preset, executor=client, progress=True, **overrides)
             t_sweep = time.perf_counter() - began
+            cpu_workers = sum(client.run(_cpu).values()) - cpu0
             t_cluster = time.perf_counter() - started
             print(f"LocalCluster of {args.workers}: {t_cluster:.1f} s ({t_up:.1f} s starting it, "
                   f"{t_sweep:.1f} s the sweep)", flush=True)
@@ -90,10 +92,19 @@ def main() -> int:
         print(f"speed-up: {t_serial / t_cluster:.2f}x including the cluster's start, "
               f"{t_serial / t_sweep:.2f}x the sweep alone (at most ~{min(args.workers, os.cpu_count() or 1)}x "
               "on this machine)")
+        print(f"CPU time: 1 process {cpu_serial:.1f} s, the workers {cpu_workers:.1f} s "
+              f"({cpu_workers / cpu_serial:.2f}x); cores the sweep got: 1 process {cpu_serial / t_serial:.2f}, "
+              f"cluster {cpu_workers / t_sweep:.2f} (others' load takes the rest)")
         print(f"per-task overhead (empty task, median of {cost['tasks']}): submit -> start "
               f"{cost['submit_to_start_s'] * 1e3:.1f} ms, round trip {cost['round_trip_s'] * 1e3:.1f} ms")
         print(f"recordings bit-identical on both sides: {'yes' if same else 'NO'}")
         return 0 if same else 1
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) this process has used: in the client, and in each worker (client.run)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _bits(path: Path, h5py) -> dict:

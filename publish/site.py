@@ -345,6 +345,13 @@ def build(settings: SiteSettings, docs_dir: Path, site_dir: Path, nav: list, *, 
         try:
             mkdocs_build(cfg)
         finally:
+            # mkdocs keeps one instance of a plugin with startup/shutdown hooks per process (for `serve`);
+            # material's blog plugin makes its temp dir once and removes it at every shutdown, so a second
+            # build in this process of a site with no posts (nothing re-creates it) would fail there
+            for plugin in cfg.plugins.values():
+                temp_dir = getattr(plugin, "temp_dir", None)
+                if isinstance(temp_dir, str):
+                    os.makedirs(temp_dir, exist_ok=True)
             cfg.plugins.on_shutdown()
     except (MkDocsException, OSError, ValueError) as e:
         raise SiteError(f"site build failed ({config_file}): {e}") from e

@@ -379,7 +379,7 @@ def test_fig_width_and_height_set_the_figure_size(tmp_path, monkeypatch, capsys)
     (root / "lore" / "a.qmd").write_text('---\ntitle: "A"\nfig-width: 3\nfig-height: 2\n---\n\n' + chunk)
     (root / "lore" / "b.qmd").write_text('---\ntitle: "B"\n---\n\n' + chunk)
     monkeypatch.setenv("LAB_STORE", str(tmp_path / "store"))
-    assert render(root, jobs=1, strict=True) == 0, capsys.readouterr()
+    assert render(root, jobs=1, strict=True) == 0, capsys.readouterr().err
     sizes = {}
     for page in ("a", "b"):
         png = root / f"site/lore/{page}_files/figure-html/fig-a-output-1.png"
@@ -387,3 +387,16 @@ def test_fig_width_and_height_set_the_figure_size(tmp_path, monkeypatch, capsys)
     (wa, ha), (wb, hb) = sizes["a"], sizes["b"]
     assert 520 <= wa <= 600 and 340 <= ha <= 400, sizes  # 3 x 2 in
     assert 700 <= wb <= 800 and hb > wb, sizes  # 4 in wide (project), 5 in high (Quarto's default)
+
+
+def test_a_site_without_log_entries_builds_twice_in_one_process(tmp_path, capsys):
+    """mkdocs reuses the blog plugin across builds in a process (lab preview, the tests); with no posts to
+    re-create its temp dir, the second build used to fail removing it."""
+    root = tmp_path / "tiny"
+    (root / "lore").mkdir(parents=True)
+    (root / "_quarto.yml").write_text(TINY, encoding="utf-8")
+    (root / "lore" / "a.qmd").write_text('---\ntitle: "A"\n---\n\nText.\n', encoding="utf-8")
+    assert render(root, jobs=1, strict=True) == 0, capsys.readouterr().err
+    (root / "lore" / "a.qmd").write_text('---\ntitle: "A"\n---\n\nText, edited.\n', encoding="utf-8")
+    assert render(root, jobs=1, strict=True) == 0, capsys.readouterr().err
+    assert "Text, edited." in html(root / "site", "lore/a.html")

@@ -171,3 +171,22 @@ def test_a_tagged_id_outside_the_vocabulary_is_a_config_error():
            "tagged": {"ids": [1, 50], "control": [], "scale": 1e-3, "at": "first"}}
     with pytest.raises(ConfigError, match="model.tagged: token id 50 is outside the vocabulary"):
         GPT(20, cfg).init_weights(torch.Generator().manual_seed(0))
+
+
+def test_lab_train_with_a_bad_tagged_key_is_one_line_naming_it(tmp_path):
+    """As a user runs it: the installed `lab` script in a fresh process, nothing trained, nothing left behind."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lab = Path(sys.executable).with_name("lab")
+    env = dict(os.environ, LAB_STORE=str(tmp_path), TQDM_DISABLE="1")
+    env.pop("LAB_SMOKE", None)
+    out = subprocess.run([str(lab), "train", "tagged-cube", "--set", "model.tagged.scale=-1"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stdout == ""
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "model.tagged.scale: must be a positive number" in lines[0]
+    assert not list(tmp_path.glob("*.h5*"))

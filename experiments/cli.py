@@ -92,6 +92,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             runs = [run(args.name, **overrides)]
     except KeyboardInterrupt:
+        if getattr(args, "cluster", None):  # cluster (issue 13): workers keep their recordings and checkpoints
+            print(f"lab train: interrupted; runs of {args.name} that were training resume from their last "
+                  "checkpoint next time", file=sys.stderr)
+            return 130
         print(f"lab train: interrupted; {args.name} was not stored (temporary file removed)", file=sys.stderr)
         return 130
     except (ConfigError, DataError) as e:
@@ -287,6 +291,12 @@ def cmd_cluster_start(args: argparse.Namespace) -> int:
         local = cluster.start_local(workers, port=args.port, host=args.host)
     except (ConfigError, OSError) as e:
         return _fail("cluster", e)
+    import signal
+
+    def _stop(signum, frame):  # SIGTERM (kill, systemd, a batch system) stops it as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     with local:
         address = local.scheduler_address
         print(f"scheduler {address} with {workers} single-thread worker(s); Ctrl-C stops it", flush=True)

@@ -200,6 +200,12 @@ def _show(r, h5py) -> int:
     print(json.dumps(r.config, indent=2, sort_keys=True))
     print("checksums: fletcher32 per chunk and a content digest (`lab runs --check` reads them all)"
           if r.checksummed else "checksums: none (written before run files carried them)")
+    with h5py.File(r.path, "r") as f:  # cluster (issue 13): the machine that trained it
+        on = f.attrs.get("trained_on")
+    if on is not None:
+        m = json.loads(on)
+        print(f"trained on {m.get('host')}: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')} "
+              f"({(m.get('torch_git') or '?')[:12]}{', CUDA ' + m['cuda'] if m.get('cuda') else ''}), {m.get('platform')}")
     print("\ndatasets:")
     with h5py.File(r.path, "r") as f:
         for name in sorted(f):

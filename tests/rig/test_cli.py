@@ -51,6 +51,7 @@ def test_train_runs_show_gc(lab, store, capsys):
     assert lab("show", key[:8]) == 0
     shown = capsys.readouterr().out
     assert '"lr": 0.002' in shown and "/W" in shown and "bfloat16" in shown and "/loss" in shown
+    assert f"trained on {__import__('socket').gethostname()}: " in shown and " cores, torch " in shown
     assert lab("gc", "--dry-run") == 0
     assert "would delete" in capsys.readouterr().out and (store / path.split("/")[-1]).exists()
     lab.used.add(key)

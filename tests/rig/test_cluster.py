@@ -240,3 +240,23 @@ def test_render_passes_cluster_through_to_the_planned_training(monkeypatch, tmp_
     monkeypatch.setattr(R, "train_planned", lambda requests, jobs=1, out=None, cluster=None: calls.append(cluster))
     seen["train_runs"]([{"name": "flannel-1"}], 1)
     assert calls == ["tcp://h:8786"]
+
+
+def test_a_worker_refuses_a_store_it_does_not_share_or_a_key_it_does_not_compute(store, tiny, tmp_path):
+    """What a task checks before training: the client's probe file is in the store it was sent (a worker
+    without the shared filesystem would see an empty directory), and its own key matches the client's."""
+    from experiments.errors import DataError
+
+    cfg = R.resolve(tiny(name="refused"))
+    key = cluster.keyed([cfg])[0][1]
+    token = "0" * 32
+    elsewhere = tmp_path / "not-shared"
+    elsewhere.mkdir()
+    with pytest.raises(DataError, match="is not the client's .*shared filesystem"):
+        cluster._task(cfg, key, str(elsewhere), token, {"LAB_STORE": str(elsewhere)})
+    (store / f"{cluster._PROBE}{token}").write_text(token)
+    with pytest.raises(DataError, match=f"keys as {key} here but {'f' * 16} on the client"):
+        cluster._task(cfg, "f" * 16, str(store), token, {"LAB_STORE": str(store)})
+    assert not list(store.glob("refused-*")) and os.environ["LAB_STORE"] == str(store)  # nothing trained
+    done = cluster._task(cfg, key, str(store), token, {"LAB_STORE": str(store)})  # no worker: still trains
+    assert done["trained"] and Path(done["path"]).exists()

@@ -31,6 +31,8 @@ whole step in one float32 kernel; its law is the single kernel ``step``.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -314,7 +316,33 @@ def machine() -> dict:
         "env": {k: os.environ[k] for k in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
                 if k in os.environ},
         "python": sys.version.split()[0],
+        "live": _live_kernels(),
     }
+
+
+@functools.cache
+def _live_kernels() -> dict:
+    """What this process's kernels do now, not what its environment says they should do.
+
+    MKL reads MKL_CBWR at its first call, so two processes with the same environment can run different code
+    paths (one imported torch before `pin_numerics` set the variable); a cached probe from the one must not
+    be served to the other. The branch MKL took and a digest of torch's float32 square root on a fixed
+    long vector (MKL's path) tell them apart, in about a millisecond.
+    """
+    import torch
+
+    branch = None
+    try:
+        lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+        if lib.exists():
+            branch = int(ctypes.CDLL(str(lib)).mkl_serv_cbwr_get(1))  # MKL_CBWR_BRANCH: the path in use
+    except (OSError, AttributeError, ValueError):
+        pass  # no MKL in this build, or not a shared library: the digest alone decides
+    x = _inputs(np.random.default_rng(20261203), 65_537, 1e-5, positive=True)
+    h = hashlib.sha256()
+    for impl in ("single", "foreach"):
+        _digest(h, torch_kernel("sqrt", impl, False, x.copy()))
+    return {"mkl_cbwr_branch": branch, "sqrt_fp32": h.hexdigest()[:12]}
 
 
 def _cache_dir() -> Path:

@@ -6,6 +6,8 @@ torch.optim.AdamW for both CPU implementations that share this arithmetic.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,47 @@ def test_the_probe_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(laws, "_MEMO", {})
     monkeypatch.setattr(laws, "probe", lambda *a: pytest.fail("probed again despite the cache"))
     assert laws.current(True, "foreach") == first
+
+
+def test_a_process_whose_kernels_behave_differently_does_not_reuse_the_cached_probe(tmp_path, monkeypatch):
+    """Same torch, CPU and environment, but MKL took another code path (torch made its first MKL call before
+    the package pinned MKL_CBWR): the cache key sees the live kernels, so the other process probes afresh."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(laws, "_MEMO", {})
+    laws.current(False, "single")
+    (cached,) = (tmp_path / "dead-token-lab" / "laws").glob("*.json")
+    live = laws._live_kernels()
+    monkeypatch.setattr(laws, "_live_kernels", lambda: {**live, "sqrt_fp32": "another-path"})
+    monkeypatch.setattr(laws, "_MEMO", {})
+    probed = []
+    monkeypatch.setattr(laws, "probe", lambda *a: probed.append(a) or {"sqrt": "ieee"})
+    laws.current(False, "single")
+    assert probed == [(False, "single")]
+    assert len(list(cached.parent.glob("*.json"))) == 2
+
+
+_ORDERS = {"package first": "import experiments, torch; torch.ones(70000).sqrt()",
+           "torch's first MKL call first": "import torch; torch.ones(70000).sqrt(); import experiments"}
+
+
+def test_the_cached_sqrt_law_is_what_each_process_computes_whatever_it_imported_first(tmp_path):
+    """Two processes sharing one probe cache, one importing the package before torch's first MKL call and one
+    after: each is served the law its own kernels follow (where MKL's paths differ, a shared cache entry
+    would hand one of them the other's law)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("MKL_CBWR", None)
+    for order in [*_ORDERS.values(), *_ORDERS.values()]:  # twice: the second round reads the cache
+        code = (f"{order}\nfrom experiments import laws\n"
+                "print(laws.current(False, 'single')['sqrt'], laws.probe_kernel('sqrt', False, 'single'))")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=str(Path(laws.__file__).parents[1]))
+        assert out.returncode == 0, out.stderr
+        cached, fresh = out.stdout.split()
+        assert cached == fresh, (order, cached, fresh)
 
 
 def test_bf16_sqrt_is_exact_for_every_bf16_value():

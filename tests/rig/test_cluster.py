@@ -154,26 +154,31 @@ def test_two_clients_at_once_train_each_run_once(store, sub_env, client, dask_cl
 def test_a_worker_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(store, tiny, tmp_path, client,
                                                                           monkeypatch):
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    cfg = R.resolve(tiny(name="killed", train={"steps": 300}))
+    cfg = R.resolve(tiny(name="killed", train={"steps": 600}))
     key = cluster.keyed([cfg])[0][1]
+    ckpt = R._ckpt(store / f"killed-{key}.h5")
     events: queue.Queue = queue.Queue()
     with Client(client.scheduler.address) as watcher:  # a second client listens to the progress events
         watcher.subscribe_topic(cluster.TOPIC, lambda e: events.put(e[1]))
         result, watch = {}, _Watch(store)
         trainer = threading.Thread(target=lambda: result.update(cluster.train([cfg], client)[0]), daemon=True)
         trainer.start()
-        victim, after = None, []
+        trainer_pid, victim, after = None, None, []
         deadline = time.monotonic() + 240
         while trainer.is_alive() and time.monotonic() < deadline:
+            # kill the worker the moment its first checkpoint (step 50) exists: the heartbeat is once a
+            # second, and a fast CPU trains these tiny steps faster than that
+            if victim is None and trainer_pid is not None and ckpt.exists():
+                victim = trainer_pid
+                os.kill(victim, signal.SIGKILL)
             try:
-                msg = events.get(timeout=0.5)
+                msg = events.get(timeout=0.005)
             except queue.Empty:
                 continue
             if msg["key"] != key:
                 continue
-            if victim is None and (msg["step"] or 0) >= 60:  # past the first checkpoint (step 50)
-                victim = msg["pid"]
-                os.kill(victim, signal.SIGKILL)
+            if trainer_pid is None:
+                trainer_pid = msg["pid"]
             elif victim is not None and msg["pid"] != victim and isinstance(msg["step"], int):
                 after.append(msg["step"])
         trainer.join(60)

@@ -55,6 +55,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): lab's main stops quietly
     except (CheckpointError, DataError, ValueError, OSError) as e:
         print(f"lab blackholes: {e}", file=sys.stderr)
         return 2

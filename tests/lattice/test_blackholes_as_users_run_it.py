@@ -88,6 +88,18 @@ def test_single_file_from_safetensors_torch(tmp_path, dtype, name):
     assert "analysed the tied embedding; tied: one matrix" in text.stdout
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`lab blackholes x --json | head -c 100`: the closed pipe is not an error message or a traceback."""
+    path = tmp_path / "model.safetensors"
+    save_file({"model.embed_tokens.weight": planted(v=3000).bfloat16()}, str(path))
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.Popen([str(LAB), "blackholes", str(path), "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=base)
+    p.stdout.close()  # the reader is gone before the first byte
+    assert p.wait(timeout=300) == 141  # what a shell reports for a tool stopped by SIGPIPE
+    assert p.stderr.read() == b""
+
+
 def test_float32_identity_is_on_the_stored_bits(tmp_path):
     w = planted()
     w[5] = w[BH[0]]

@@ -418,19 +418,11 @@ def cached(fn=None, *, ignore: tuple = ()):
 # garbage collection
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def collect(store: str | Path, live_keys, dry_run: bool = False) -> list[Path]:
     """Delete the derived results of runs not in `live_keys` (an entry of several runs goes with any of
     them) and temporary files of dead writers. Returns what was (or would be) deleted."""
+    from experiments import runs  # the store's own liveness test for temp files (runs imports us lazily too)
+
     root = Path(store) / DIRNAME
     live = set(live_keys)
     doomed = []
@@ -441,7 +433,7 @@ def collect(store: str | Path, live_keys, dry_run: bool = False) -> list[Path]:
             doomed.append(d)
             continue
         doomed += [tmp for tmp in sorted(d.glob("*.tmp-*"))
-                   if (m := _TMP.search(tmp.name)) and not _pid_alive(int(m["pid"]))]
+                   if (m := _TMP.search(tmp.name)) and not runs._pid_alive(int(m["pid"]))]
     if not dry_run:
         for path in doomed:
             if path.is_dir():

@@ -223,6 +223,9 @@ def mkdocs_config(
             "attr_list",
             {"pymdownx.arithmatex": {"generic": True}},
             "tables",
+            # Pandoc's `smart` extension, which Quarto renders with: curly quotes and apostrophes, -- and ---
+            # as dashes, ... as an ellipsis (titles too: they are the page's H1)
+            "smarty",
             "footnotes",  # Pandoc's [^1] footnotes (publish/pages.py places the list under "Footnotes")
             {"toc": {"permalink": True}},
         ],

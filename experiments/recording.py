@@ -181,6 +181,8 @@ class Run:
         self.description = str(a.get("description", ""))
         # the AdamW kernel laws of the machine that trained the run (experiments.laws); None in older runs
         self.kernel_laws = json.loads(a["kernel_laws"]) if "kernel_laws" in a else None
+        # the machine that completed the training (runs.trained_on); None in runs written before it was recorded
+        self.trained_on = json.loads(a["trained_on"]) if "trained_on" in a else None
         self.steps_total = int(a["steps_total"])
         self._row = {int(t): i for i, t in enumerate(self.tokens)}
 

@@ -157,6 +157,24 @@ def laws_of(run, bf16: bool, impl: str, laws: dict | None = None) -> tuple[dict,
     return {**adam.LAWS, **base, **adam.normalise_laws(laws)}, source, notes
 
 
+def _machine(m: dict) -> str:
+    return f"{m.get('host', '?')} ({m.get('cpu', '?')}, torch {m.get('torch', '?')})"
+
+
+def machines_of(run) -> str:
+    """Where the run was trained and where it is replayed: a difference found here is traced to a machine
+    (a cluster trains runs on many)."""
+    from experiments.runs import trained_on
+
+    here, there = trained_on(), run.trained_on
+    if not there:
+        return f"trained on: not recorded (an older run); replayed on {_machine(here)}"
+    differ = [k for k in ("host", "cpu", "torch", "torch_git") if there.get(k) != here.get(k)]
+    if not differ:
+        return f"trained and replayed on the same machine, {_machine(here)}"
+    return (f"trained on {_machine(there)}, replayed on {_machine(here)}: {', '.join(differ)} differ")
+
+
 def replay_pairs(run) -> list[int]:
     """Steps t ≥ 1 whose predecessor t − 1 was recorded too."""
     recorded = set(int(s) for s in run.steps)
@@ -177,6 +195,7 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
     master = variant in MASTER
     impl = run.config["optim"].get("impl", "foreach")
     law, source, notes = laws_of(run, bf16, impl, laws)
+    notes = [*notes, machines_of(run)]
     explanation: list[str] = []
     hyper = dict(hyper or {})
     adam.hyper_of(run, 1, **hyper)  # unknown keys fail here, before any reading

@@ -100,6 +100,23 @@ def test_a_recording_from_another_machine_is_replayed_with_that_machines_laws(st
         other.explanation
 
 
+def test_the_report_names_the_machine_that_trained_the_run_and_the_one_replaying_it(store, tiny):
+    """A cluster trains runs on many machines: the report says which one trained this run, and what differs."""
+    import h5py
+
+    from experiments.runs import trained_on
+
+    run = _run(tiny, optim=FLANNEL)
+    here = trained_on()
+    same = verify.verify(run)
+    assert f"trained and replayed on the same machine, {here['host']}" in verify.format_table(same)
+    with h5py.File(run.path, "r+") as f:
+        f.attrs["trained_on"] = json.dumps({**here, "host": "node-17", "cpu": "Some Other CPU"})
+    text = verify.format_table(verify.verify(experiments.find(run.key)))
+    assert f"trained on node-17 (Some Other CPU, torch {here['torch']}), replayed on {here['host']}" in text
+    assert "host, cpu differ" in text
+
+
 @pytest.mark.parametrize("tensor, step", [("W", 3), ("m", 5), ("v", 2)])
 def test_a_flipped_bit_is_reported_at_its_tensor_and_step(store, tiny, tensor, step):
     import h5py

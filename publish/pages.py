@@ -153,8 +153,7 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
         table_caption = f"Table&nbsp;{number}: {table_caption}"
     else:
         table_caption = None
-    n_image = 0
-    for output in outputs:
+    for n_output, output in enumerate(outputs, 1):
         kind = output.get("output_type")
         if kind == "stream":
             if output.get("name") == "stderr":  # never inside printed markdown: a block of its own, after it
@@ -173,10 +172,10 @@ def outputs_markdown(doc: Document, chunk_index: int, chunk: Chunk, options: dic
         data = output.get("data", {})
         image_type = next((t for t in IMAGE_TYPES if t in data), None)
         if image_type:
-            n_image += 1
-            # Quarto's file names: <label>-output-<n>, or cell-<n>-output-<n> without a label
+            # Quarto's file names: <label>-output-<n>, or cell-<n>-output-<n> without a label, where n counts
+            # every output of the cell (a warning printed before the figure makes it output-2)
             stem = re.sub(r"[^A-Za-z0-9_-]+", "-", label) if label else f"cell-{chunk_index + 1}"
-            rel = f"{figure_dir(doc.rel)}{stem}-output-{n_image}.{IMAGE_TYPES[image_type]}"
+            rel = f"{figure_dir(doc.rel)}{stem}-output-{n_output}.{IMAGE_TYPES[image_type]}"
             payload = data[image_type]
             out.assets[rel] = (_as_text(payload).encode("utf-8") if image_type == "image/svg+xml"
                                else base64.b64decode(_as_text(payload)))

@@ -86,8 +86,10 @@ def captions(page: str) -> list[str]:
 
 
 def crossrefs(page: str) -> list[str]:
-    """Text of links to #fig-/#tbl- anchors (resolved cross-references)."""
-    return [_text(t) for t in re.findall(r'<a[^>]+href="#(?:fig|tbl)-[^"]*"[^>]*>(.*?)</a>', page, re.S)]
+    """Text of links to #fig-/#tbl-/#sec- anchors (resolved cross-references), not the headings' own
+    permalinks or the table of contents (their links point at #sec- anchors too)."""
+    links = re.findall(r'<a([^>]+href="#(?:fig|tbl|sec)-[^"]*"[^>]*)>(.*?)</a>', page, re.S)
+    return [_text(t) for attrs, t in links if not re.search(r'headerlink|md-nav|nav-link|toc-', attrs)]
 
 
 def figures(site: Path) -> set[str]:

@@ -88,6 +88,30 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def test_a_figure_is_named_by_its_output_index_as_quarto_names_it(project, put):
+    """Quarto names a figure <label>-output-<n> with n counting every output of the cell: a warning printed
+    before the figure makes it output-2 (so both renderers write, and link, the same file)."""
+    path = put(project, "lore/warned.qmd", """---
+title: Warned
+---
+
+```{python}
+#| label: fig-warned
+#| fig-cap: "A figure after a warning"
+import warnings
+import matplotlib.pyplot as plt
+warnings.warn("SHOWN-FIRST")
+plt.plot([0, 1, 4, 9])
+plt.show()
+```
+""")
+    (page,) = build_pages(project, [read_document(path, project)], jobs=1)
+    assert page.status == "executed", page.error
+    assert page.figures == ["lore/warned_files/figure-html/fig-warned-output-2.png"]
+    assert "UserWarning: SHOWN-FIRST" in page.markdown
+    assert "![A figure after a warning](warned_files/figure-html/fig-warned-output-2.png)" in page.markdown
+
+
 def test_options_figures_and_hidden_cells(project, put):
     path = put(project, "lore/showcase.qmd", SHOWCASE.replace('os getcwd() if False else ', ''))
     doc = read_document(path, project)

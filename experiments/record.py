@@ -127,11 +127,13 @@ class Recorder:
 
     `tensors` maps a name in W, E, m, v, grad, h_mean to its dtype ("bfloat16" or "float32").
     `checksum=False` writes the schema-1 layout (no filter, no digest): only for bench/bench_integrity.py.
+    `resume_at=step` continues the recording a killed writer left at `path` after its checkpoint at `step`, in
+    place (see `_continue`); later steps then overwrite whatever the killed writer wrote after that step.
     """
 
     def __init__(self, path: str | Path, *, attrs: dict[str, Any], tokens: np.ndarray, steps: np.ndarray,
                  steps_total: int, d_model: int, tensors: dict[str, str], dead: np.ndarray, counts: np.ndarray,
-                 checksum: bool = True):
+                 checksum: bool = True, resume_at: int | None = None):
         self.path = Path(path)
         self.tokens = np.asarray(tokens, dtype=np.int32)
         self.steps = np.asarray(steps, dtype=np.int32)
@@ -160,6 +162,10 @@ class Recorder:
             layout[name] = ((T, D), np.float32) if name == "h_mean" else ((T, N, D), store)
         self.needed = sum(int(np.prod(s, dtype=np.int64)) * np.dtype(t).itemsize for s, t in layout.values())
         self.needed += self.needed // 100 + sum(len(str(v)) for v in attrs.values()) + _FREE_MARGIN
+        if resume_at is not None:
+            self._continue(resume_at, attrs, layout, {"tokens": self.tokens, "steps": self.steps, "dead": dead,
+                                                      "counts": counts})
+            return
         self._check_space()
         try:
             # cache sized for one chunk per dataset; chunks are never revisited
@@ -184,13 +190,14 @@ class Recorder:
         except (OSError, RuntimeError) as e:
             self._fail(e, "creating the recording")
 
-    def _check_space(self) -> None:
-        """Refuse before training when the disk cannot hold the recording (a full disk mid-run wastes the run)."""
+    def _check_space(self, have: int = 0) -> None:
+        """Refuse before training when the disk cannot hold the recording (a full disk mid-run wastes the run);
+        `have`: bytes of it already on disk (a recording being continued)."""
         try:
             free = shutil.disk_usage(self.path.parent).free
         except OSError:
             return
-        if free < self.needed:
+        if free < self.needed - have:
             raise DataError(f"{self.path.parent}: disk full: {self.path.name} needs about {_mb(self.needed)}, "
                             f"{_mb(free)} free; free some space (lab gc) or set LAB_STORE to a larger disk")
 
@@ -359,26 +366,85 @@ class Recorder:
         self._drain()
         self._write("a checkpoint", _flush)
 
-    def adopt(self, partial: str | Path, step: int) -> None:
-        """Continue a recording killed after its checkpoint at `step`: copy steps 0..`step` of every tensor and
-        the scalars of steps 1..`step` from the killed file `partial` into this (fresh) one, in order, so the
-        digest sees the same bytes as an uninterrupted run. Raises DataError if the old rows do not read back."""
-        clear_consistency_flags(partial)
-        self._drain()
+    def _continue(self, step: int, attrs: dict[str, Any], layout: dict[str, tuple],
+                  static: dict[str, np.ndarray]) -> None:
+        """Take over the recording a writer killed after its checkpoint at `step` left at `self.path`, in place.
+
+        Rows 0..`step` of the step tensors and the scalars of steps 1..`step` stay where they are: they are
+        read (not rewritten), by the writer thread before anything else, to bring each running digest to where
+        the killed writer's stood, so the digests see the same bytes in the same order as an uninterrupted
+        run's. The layout, the fixed datasets and the root attributes that say what the file holds must be this
+        run's. Rows after `step` are overwritten as training reaches them. Raises DataError (the file closed) if
+        the file is not this run's or does not open; a row that does not read back fails the next write."""
         rows = self.rows_upto(step)
         try:
-            with h5py.File(partial, "r") as old:
+            clear_consistency_flags(self.path)
+            _claim_written_space(self.path, list(layout))
+            have = self.path.stat().st_size
+            self._check_space(have)
+            self.f = h5py.File(self.path, "r+", rdcc_nbytes=4 * _CHUNK_BYTES * (len(self.tensors) + 4),
+                               rdcc_w0=1.0, **({"libver": LIBVER} if self.checksum else {}))
+            a = self.f.attrs
+            want = {"schema": FORMAT_VERSION if self.checksum else 1, "steps_total": self.steps_total,
+                    "steps_recorded": len(self.steps)}
+            for k, v in {**want, "key": attrs.get("key")}.items():
+                if v is not None and a.get(k) != v:
+                    raise ValueError(f"its {k} is {a.get(k)!r}, not {v!r}")
+            for name, (shape, dtype) in layout.items():
+                ds = self.f[name]
+                filtered = self.checksum and bool(all(shape))
+                if ds.shape != tuple(shape) or ds.dtype != np.dtype(dtype) or ds.fletcher32 != filtered:
+                    raise ValueError(f"its {name} is {ds.shape} {ds.dtype}, not {tuple(shape)} {np.dtype(dtype)}")
+                if name in self.tensors:
+                    expect = _chunk_shape(shape, np.dtype(dtype).itemsize)
+                    if ds.chunks != expect or ds.attrs.get("dtype") != (
+                            "float32" if name == "h_mean" else self.tensors[name]):
+                        raise ValueError(f"its {name} has chunks {ds.chunks}, dtype {ds.attrs.get('dtype')!r}")
+                self._ds[name] = ds
+                if self.checksum:
+                    self._digest[name] = _Digest(shape, dtype)
+            for name, data in static.items():
+                data = np.ascontiguousarray(data, dtype=layout[name][1])
+                if not np.array_equal(self._ds[name][()], data):
+                    raise ValueError(f"its {name} are not this run's")
+                if name in self._digest:
+                    self._digest[name].feed(0, data, len(data))
+            for name in self.tensors:
+                self._last[name] = rows - 1
+            self._scalar_at = step
+            for k, v in {**attrs, "complete": 0}.items():  # this process's attributes, as a fresh file has
+                old = a.get(k)
+                if old is None or isinstance(old, np.ndarray) or old != v:
+                    a[k] = v
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            self._failed = True
+            self.abort()
+            raise DataError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
+                            f"{h5_reason(e)}") from None
+        except BaseException:
+            self.abort()
+            raise
+        if not self._digest:
+            return
+
+        def rebuild() -> None:
+            """The digests up to `step`: the rows read back (checksums verified), never written again. The
+            writer thread's first job, so training starts meanwhile and no new row is fed before them."""
+            try:
                 for name in ("loss", "lr", "clip_scale"):
-                    self._write(name, lambda name=name: self._put(name, 0, old[name][:step]))
-                self._scalar_at = step
+                    arr = self._ds[name][:step]
+                    self._digest[name].feed(0, arr, len(arr))
                 for name in self.tensors:
                     for start in range(0, rows, 64):  # blocks of steps: memory stays small
-                        block = old[name][start:min(rows, start + 64)]
-                        self._write(f"{name} rows {start}..", lambda n=name, s=start, b=block: self._put(n, s, b))
-                    self._last[name] = rows - 1
-        except (OSError, KeyError, ValueError) as e:
-            raise DataError(f"{partial}: the interrupted recording does not read back up to step {step}: "
-                            f"{h5_reason(e)}") from None
+                        if self._stop:
+                            return
+                        block = self._ds[name][start:min(rows, start + 64)]
+                        self._digest[name].feed(start, block, len(block))
+            except (OSError, RuntimeError, KeyError, ValueError) as e:
+                raise DataError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
+                                f"{h5_reason(e)}") from None
+
+        self._enqueue(rebuild)
 
     def finish(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark complete, flush and fsync. Only after this may the file be renamed to its final name."""
@@ -484,18 +550,74 @@ def _lookup3(data: bytes, initval: int = 0) -> int:
     return c
 
 
+def _superblock(fh) -> tuple[bytearray, int] | None:
+    """(the first bytes, the checksum's offset) of a version 2/3 superblock at offset 0, checksum verified; None
+    for anything else (not HDF5 at offset 0, or an old superblock without flags or checksum)."""
+    fh.seek(0)
+    head = bytearray(fh.read(96))
+    if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+        return None
+    end = 12 + 4 * head[9]  # flags, then base, extension, end-of-file and root addresses
+    if int.from_bytes(head[end:end + 4], "little") != _lookup3(bytes(head[:end])):
+        raise DataError(f"{fh.name}: the HDF5 superblock fails its checksum; the file cannot be resumed")
+    return head, end
+
+
+def _write_superblock(fh, head: bytearray, end: int) -> None:
+    head[end:end + 4] = _lookup3(bytes(head[:end])).to_bytes(4, "little")
+    fh.seek(0)
+    fh.write(head[:end + 4])
+
+
 def clear_consistency_flags(path: str | Path) -> None:
     """What HDF5's `h5clear -s` does: reset the "open for writing" flags a killed writer leaves in a version 2/3
     superblock (HDF5 refuses to open such a file at all), re-checksumming the superblock. The superblock is
     verified first, so a file that is not what we think is left untouched."""
     with open(path, "r+b") as fh:
-        head = bytearray(fh.read(96))
-        if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[11] == 0:
+        sb = _superblock(fh)
+        if sb is None or sb[0][11] == 0:
             return  # not HDF5 at offset 0, an old superblock without flags, or nothing to clear
-        end = 12 + 4 * head[9]  # flags, then base, extension, end-of-file and root addresses
-        if int.from_bytes(head[end:end + 4], "little") != _lookup3(bytes(head[:end])):
-            raise DataError(f"{path}: the HDF5 superblock fails its checksum; the file cannot be resumed")
+        head, end = sb
         head[11] = 0
-        head[end:end + 4] = _lookup3(bytes(head[:end])).to_bytes(4, "little")
-        fh.seek(0)
-        fh.write(head[:end + 4])
+        _write_superblock(fh, head, end)
+
+
+def _claim_written_space(path: str | Path, names: list[str]) -> None:
+    """Before a killed writer's file is written again: make HDF5 allocate new space after every chunk it holds.
+
+    The superblock's end-of-allocation is the one of the last flush (the checkpoint). The killed writer went on
+    writing chunks past it, and the metadata cache may have written index entries pointing at some of them
+    before the kill; a new writer would allocate its chunks from the old end, over chunks the index still
+    names. When a chunk of `names` reaches past that end, the end is moved to the file's (what `h5clear
+    --increment` does). Otherwise it stays, and the new writer reuses the space of the orphaned chunks."""
+    with open(path, "r+b") as fh:
+        sb = _superblock(fh)
+        if sb is None:
+            return
+        head, end = sb
+        n = head[9]
+        base = int.from_bytes(head[12:12 + n], "little")
+        eoa = int.from_bytes(head[12 + 2 * n:12 + 3 * n], "little")
+        size = os.fstat(fh.fileno()).st_size - base
+        if size <= eoa:
+            return
+    reach = 0
+
+    def note(chunk) -> None:
+        nonlocal reach
+        reach = max(reach, chunk.byte_offset + chunk.size)
+
+    with h5py.File(path, "r") as f:
+        for name in names:
+            ds = f.get(name)
+            if isinstance(ds, h5py.Dataset) and ds.chunks is not None:
+                try:
+                    ds.id.chunk_iter(note)
+                except AttributeError:  # an HDF5 without H5Dchunk_iter: assume the worst
+                    reach = size
+    if reach <= eoa:
+        return
+    with open(path, "r+b") as fh:
+        head, end = _superblock(fh)
+        head[12 + 2 * n:12 + 3 * n] = size.to_bytes(n, "little")
+        _write_superblock(fh, head, end)

@@ -389,14 +389,22 @@ def _ckpt(final: Path) -> Path:
     return final.with_name(f"{final.name}.ckpt")
 
 
-def _partial_of(ckpt: Path) -> str | None:
-    """The interrupted recording a checkpoint belongs to (None if the checkpoint does not load)."""
+def _checkpoint_names(ckpt: Path) -> list[str]:
+    """The recording names a checkpoint gives: its `partial`, then, while a resuming process takes the file over
+    under its own temp name (`train._take_over`), the name it had (`previous`); [] if it does not load."""
     import torch
 
     try:
-        return str(torch.load(ckpt, map_location="cpu", weights_only=False)["partial"])
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        return [str(n) for n in (state.get("partial"), state.get("previous")) if n]
     except Exception:  # a checkpoint torn by a kill (it is written atomically, but be safe): start over
-        return None
+        return []
+
+
+def _partial_of(ckpt: Path) -> str | None:
+    """The interrupted recording a checkpoint belongs to, if it exists (None if not, or if the checkpoint does
+    not load)."""
+    return next((n for n in _checkpoint_names(ckpt) if Path(n).exists()), None)
 
 
 def _resumable(final: Path) -> Path | None:
@@ -404,8 +412,7 @@ def _resumable(final: Path) -> Path | None:
     ckpt = _ckpt(final)
     if not ckpt.exists():
         return None
-    partial = _partial_of(ckpt)
-    if partial is None or not Path(partial).exists():
+    if _partial_of(ckpt) is None:
         ckpt.unlink(missing_ok=True)
         return None
     return ckpt
@@ -866,7 +873,10 @@ def find(ref: str, store: str | Path | None = None) -> Run:
 def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None, damaged: bool = False) -> list[Path]:
     """Delete complete runs whose key is not in keep_keys, and temp files of dead processes.
 
-    Returns what was (or, with dry_run, would be) deleted. Incomplete `.h5` files are left alone.
+    Returns what was (or, with dry_run, would be) deleted. Incomplete `.h5` files are left alone. The temp
+    file of an interrupted training that its checkpoint (`<run>.ckpt`) names is what the next training of
+    that key resumes from: it is kept while its key is in keep_keys (or a live process holds it); otherwise it
+    goes with its checkpoint, and so does a checkpoint whose recording is gone.
     damaged=True instead deletes every run file that fails its check (read in full; damaged, unreadable
     or not marked complete under a final name), whatever uses it: the next run trains it again.
     """
@@ -876,9 +886,19 @@ def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None, damage
         doomed = [Path(r["path"]) for r in list_runs(store, check=True) if r["check"] in ("damaged", "incomplete")]
     else:
         doomed = [Path(r["path"]) for r in list_runs(store) if r["status"] == "complete" and r["key"] not in keep]
+        resumable = set()
+        for ckpt in sorted(store.glob("*.h5.ckpt")) if store.exists() else []:
+            m = _RUN_FILE.match(ckpt.name[:-len(".ckpt")])
+            named = [Path(n) for n in _checkpoint_names(ckpt)]  # a resuming process may be renaming one
+            live = any((t := _TMP_FILE.match(n.name)) and _pid_alive(int(t["pid"])) for n in named)
+            there = [n for n in named if n.exists()]
+            if there and (live or (m and m["key"] in keep)):
+                resumable.update(n.name for n in there)  # partials live next to their checkpoint
+            elif not live:
+                doomed.append(ckpt)
         for path in sorted(store.glob("*.h5.tmp-*")) if store.exists() else []:
             m = _TMP_FILE.match(path.name)
-            if m and not _pid_alive(int(m["pid"])):
+            if m and not _pid_alive(int(m["pid"])) and path.name not in resumable:
                 doomed.append(path)
     if not dry_run:
         for path in doomed:

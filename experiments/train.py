@@ -145,27 +145,64 @@ def _stochastic_round_(dst, src, gen) -> None:
     dst.copy_(bits.view(torch.float32))  # exact: the low 16 bits are zero
 
 
-def _save(checkpoint, step: int, key: str, partial, model, opt, master, sr_gen, batches) -> None:
-    """The training state after `step`, written atomically next to the recording it belongs to."""
+def _write_checkpoint(checkpoint, state: dict) -> None:
     import torch
 
-    state = {"step": step, "key": key, "partial": str(partial), "model": model.state_dict(),
-             "opt": opt.state_dict(), "master": None if master is None else [m.detach() for m in master],
-             "sr_gen": None if sr_gen is None else sr_gen.get_state(),
-             "data": {"gen": batches.gen.get_state(), "perm": batches._perm, "pos": batches._pos}}
     tmp = Path(f"{checkpoint}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, checkpoint)
 
 
-def _restore(checkpoint, key: str, model, opt, master, sr_gen, batches, rec, device) -> int:
-    """Load a checkpoint into the freshly built training objects and its recording into `rec`; its step."""
+def _save(checkpoint, step: int, key: str, partial, model, opt, master, sr_gen, batches) -> None:
+    """The training state after `step`, written atomically next to the recording it belongs to."""
+    _write_checkpoint(checkpoint, {
+        "step": step, "key": key, "partial": str(partial), "model": model.state_dict(), "opt": opt.state_dict(),
+        "master": None if master is None else [m.detach() for m in master],
+        "sr_gen": None if sr_gen is None else sr_gen.get_state(),
+        "data": {"gen": batches.gen.get_state(), "perm": batches._perm, "pos": batches._pos}})
+
+
+def _load(checkpoint, key: str, device) -> dict:
     import torch
 
     try:
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["key"] != key:
-            raise DataError(f"{checkpoint}: a checkpoint of run {state['key']}, not {key}")
+        owner, _ = state["key"], int(state["step"])
+    except Exception as e:  # torn, foreign or of an older layout
+        raise DataError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
+    if owner != key:
+        raise DataError(f"{checkpoint}: a checkpoint of run {owner}, not {key}")
+    return state
+
+
+def _take_over(checkpoint, state: dict, path: Path) -> None:
+    """Make the interrupted recording of `state` this process's recording `path`, in place, so that a kill at
+    any moment leaves a checkpoint naming an existing recording: the checkpoint names `path` (and the old name
+    as `previous`) first, then the file is renamed."""
+    # `previous`: a take-over killed between re-pointing the checkpoint and the rename
+    partial = next((n for n in (state.get("partial"), state.get("previous")) if n and Path(n).exists()), None)
+    if partial is None:
+        raise DataError(f"{checkpoint}: its recording {state.get('partial')} is gone")
+    if Path(partial) == Path(path):
+        return
+    state["partial"], state["previous"] = str(path), partial
+    _write_checkpoint(checkpoint, state)
+    os.replace(partial, path)
+    try:  # the rename made durable, like the checkpoint's own replace
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _restore(state: dict, checkpoint, model, opt, master, sr_gen, batches) -> int:
+    """Load a checkpoint's state into the freshly built training objects; its step."""
+    import torch
+
+    try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         with torch.no_grad():
@@ -175,9 +212,8 @@ def _restore(checkpoint, key: str, model, opt, master, sr_gen, batches, rec, dev
             sr_gen.set_state(state["sr_gen"])
         batches.gen.set_state(state["data"]["gen"])
         batches._perm, batches._pos = state["data"]["perm"], state["data"]["pos"]
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:  # torn, foreign or older layout
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # torn, foreign or older layout
         raise DataError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
-    rec.adopt(state["partial"], state["step"])
     return int(state["step"])
 
 
@@ -205,8 +241,9 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
 
     With `checkpoint` and `every` > 0, every `every` steps (a multiple of the scalar flush) the recording is
     made durable and the training state (model, optimizer, master weights, random generators, data position)
-    saved to `checkpoint`. `resume` names such a checkpoint of an interrupted run: training continues after its
-    step, copying the interrupted recording's rows first, and records exactly what an uninterrupted run would.
+    saved to `checkpoint`. `resume` names such a checkpoint of an interrupted run: its recording is renamed to
+    `path` (the checkpoint re-pointed first) and continued in place after the checkpoint's step (the rows up
+    to it are read once for the digests, never rewritten), recording exactly what an uninterrupted run would.
 
     The file at `path` is complete (attr complete=1, fsynced) when this returns; on any exception it may be
     half-written and the caller removes it.
@@ -258,14 +295,20 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
         state_dtype = "float32" if master is not None or prec == "fp32" else "bfloat16"
         dtypes = {"W": _dtype_name(model.W), "E": _dtype_name(model.W), "m": state_dtype, "v": state_dtype,
                   "grad": _dtype_name(model.W), "h_mean": "float32", "master": "float32"}
+        state = None
+        if resume is not None:  # the interrupted recording becomes ours and is continued in place
+            state = _load(resume, attrs["key"], device)
+            _take_over(resume, state, Path(path))
         rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S,
                        d_model=cfg["model"]["d_model"], tensors={k: dtypes[k] for k in wanted},
-                       dead=prepared.dead, counts=prepared.counts)
+                       dead=prepared.dead, counts=prepared.counts,
+                       resume_at=None if state is None else int(state["step"]))
         try:
             batches = Batches(prepared.ids, cfg)
             first = 1
-            if resume is not None:
-                first = _restore(resume, attrs["key"], model, opt, master, sr_gen, batches, rec, device) + 1
+            if state is not None:
+                first = _restore(state, resume, model, opt, master, sr_gen, batches) + 1
+                state = None
 
             # write_step copies what it is given before returning, so live tensors are handed over as views
             def record_state(step: int) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -107,3 +108,207 @@ def test_checkpoint_interval_is_validated_and_rounded(monkeypatch):
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "often")
     with pytest.raises(experiments.runs.ConfigError, match="LAB_CHECKPOINT_EVERY"):
         R._checkpoint_every()
+
+
+# ------------------------------------------------------------------ continuing a killed recording in place
+
+_N, _D, _T, _CKPT = 200, 16, 120, 37  # a checkpoint inside a chunk row of steps (8 per chunk)
+
+
+def _bits(step: int, name: str) -> np.ndarray:
+    return np.random.default_rng([step, ord(name)]).integers(0, 1 << 16, (_N, _D), dtype=np.uint16)
+
+
+def _recorder(path, resume_at=None):
+    from experiments.record import Recorder
+
+    return Recorder(path, attrs={"name": "rec", "key": "0123456789abcdef"}, tokens=np.arange(_N),
+                    steps=np.arange(_T + 1), steps_total=_T, d_model=_D, tensors={"W": "bfloat16", "m": "bfloat16"},
+                    dead=np.ones(_N, bool), counts=np.zeros(_N, np.int64), resume_at=resume_at)
+
+
+def _record(rec, steps: range) -> None:
+    """Steps `steps` of W and m, then the scalars of those steps (as training flushes them at a checkpoint)."""
+    for s in steps:
+        rec.write_step(s, {"W": _bits(s, "W"), "m": _bits(s, "m")})
+    a, b = max(1, steps[0]), steps[-1]
+    rec.write_scalars(a, np.arange(a, b + 1, dtype=np.float32), np.full(b + 1 - a, 1e-3),
+                      np.ones(b + 1 - a, np.float32))
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+sys.path[:0] = sys.argv[2:]
+from test_resume import _recorder, _record, _CKPT
+rec = _recorder(sys.argv[1])
+_record(rec, range(0, _CKPT + 1))
+rec.checkpoint()
+with open(sys.argv[1], "rb") as f:
+    superblock = f.read(48)  # what the checkpoint's flush left: end of allocation, "open for writing" flags
+_record(rec, range(_CKPT + 1, _CKPT + 41))
+rec.checkpoint()  # the chunk index now names chunks past the old end of allocation ...
+with open(sys.argv[1], "r+b") as f:
+    f.write(superblock)  # ... and the superblock is the checkpoint's again (metadata evicted, then a kill)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_recording_is_continued_in_place_over_its_orphaned_chunks(tmp_path):
+    """A killed writer's chunks past its checkpoint, with index entries on disk beyond the superblock's end of
+    allocation: the continuing writer must not allocate over them. The result equals an uninterrupted
+    recording, dataset for dataset and digest for digest, in the very file the killed writer left."""
+    from experiments.record import DIGEST_ATTR
+
+    whole = tmp_path / "whole.h5"
+    rec = _recorder(whole)
+    _record(rec, range(_T + 1))
+    rec.finish()
+
+    part = tmp_path / "part.h5"
+    here = Path(__file__).resolve()
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(part), str(here.parent), str(here.parents[2])],
+                          capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    inode = part.stat().st_ino
+    rec = _recorder(part, resume_at=_CKPT)
+    _record(rec, range(_CKPT + 1, _T + 1))
+    rec.finish()
+    assert part.stat().st_ino == inode
+    with h5py.File(whole, "r") as a, h5py.File(part, "r") as b:
+        assert sorted(a) == sorted(b)
+        for name in a:
+            assert np.array_equal(a[name][()].view(np.uint8), b[name][()].view(np.uint8)), name
+        assert a.attrs[DIGEST_ATTR] == b.attrs[DIGEST_ATTR] and b.attrs["complete"] == 1
+
+
+def test_a_recording_that_is_not_this_runs_is_not_continued(tmp_path):
+    from experiments.record import Recorder
+
+    part = tmp_path / "part.h5"
+    rec = _recorder(part)
+    _record(rec, range(0, 21))
+    rec.checkpoint()
+    rec.abort()
+    with pytest.raises(experiments.errors.DataError, match="does not read back up to step 20.*tokens"):
+        Recorder(part, attrs={"name": "rec", "key": "0123456789abcdef"}, tokens=np.arange(1, _N + 1),
+                 steps=np.arange(_T + 1), steps_total=_T, d_model=_D, tensors={"W": "bfloat16", "m": "bfloat16"},
+                 dead=np.ones(_N, bool), counts=np.zeros(_N, np.int64), resume_at=20)
+    with pytest.raises(experiments.errors.DataError, match="does not read back up to step 20.*key"):
+        Recorder(part, attrs={"name": "rec", "key": "fedcba9876543210"}, tokens=np.arange(_N),
+                 steps=np.arange(_T + 1), steps_total=_T, d_model=_D, tensors={"W": "bfloat16", "m": "bfloat16"},
+                 dead=np.ones(_N, bool), counts=np.zeros(_N, np.int64), resume_at=20)
+    rec = _recorder(part, resume_at=20)  # its own run continues
+    _record(rec, range(21, _T + 1))
+    rec.finish()
+
+
+_KILLED_AT = """
+import json, os, signal, sys
+import experiments
+from experiments import record
+real = record.Recorder.write_step
+
+def write_step(self, step, arrays):  # the process dies as it records step KILL_AT
+    if step == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, step, arrays)
+
+record.Recorder.write_step = write_step
+experiments.run(json.loads(sys.argv[1]), progress=False)
+"""
+
+
+def _killed_at(cfg, sub_env, store, step: int) -> None:
+    done = subprocess.run([sys.executable, "-c", _KILLED_AT, json.dumps(cfg)], capture_output=True,
+                          env=sub_env(store, LAB_CHECKPOINT_EVERY="50", KILL_AT=str(step)), timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+
+
+def _state(ckpt) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_killed_before_its_next_checkpoint_resumes_again_in_the_same_file(
+        store, tiny, sub_env, tmp_path, monkeypatch):
+    cfg = _cfg(tiny)
+    monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
+    whole = experiments.run(cfg, progress=False)
+    other = tmp_path / "other-store"
+    other.mkdir()
+    (other / "data").symlink_to(store / "data", target_is_directory=True)
+    ckpt = other / f"{whole.path.name}.ckpt"
+
+    _killed_at(cfg, sub_env, other, 70)  # 20 steps after the checkpoint at 50
+    (first,) = other.glob("*.tmp-*")
+    assert _state(ckpt)["step"] == 50 and _state(ckpt)["partial"] == str(first)
+    inode = first.stat().st_ino
+
+    _killed_at(cfg, sub_env, other, 90)  # resumed from 50, killed before its own checkpoint at 100
+    (second,) = other.glob("*.tmp-*")  # the same file under the resuming process's name, no copy
+    assert second != first and second.stat().st_ino == inode
+    state = _state(ckpt)
+    assert state["step"] == 50 and state["partial"] == str(second)  # the checkpoint follows the file
+
+    # lab gc keeps a wanted run's interrupted recording and its checkpoint; an unwanted run's go together
+    assert R.gc({whole.key}, dry_run=True, store=other) == []
+    assert set(R.gc(set(), dry_run=True, store=other)) == {ckpt, second}
+
+    resumed_from = []
+    real = T.train
+    monkeypatch.setattr(T, "train", lambda *a, **k: resumed_from.append(k.get("resume")) or real(*a, **k))
+    monkeypatch.setenv("LAB_STORE", str(other))
+    again = experiments.run(cfg, progress=False)
+    assert resumed_from == [ckpt] and again.path.stat().st_ino == inode
+    assert not ckpt.exists() and not list(other.glob("*.tmp-*"))
+    (want, want_digest), (got, got_digest) = _datasets(whole.path), _datasets(again.path)
+    assert sorted(want) == sorted(got)
+    for name in want:
+        assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
+    assert want_digest == got_digest
+
+
+@pytest.mark.slow
+def test_a_take_over_killed_before_its_rename_resumes_from_the_old_name(store, tiny, sub_env, tmp_path,
+                                                                       monkeypatch):
+    cfg = _cfg(tiny)
+    monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
+    whole = experiments.run(cfg, progress=False)
+    other = tmp_path / "other-store"
+    other.mkdir()
+    (other / "data").symlink_to(store / "data", target_is_directory=True)
+    ckpt = other / f"{whole.path.name}.ckpt"
+    _killed_at(cfg, sub_env, other, 120)
+    (partial,) = other.glob("*.tmp-*")
+    inode = partial.stat().st_ino
+    # the checkpoint already names the resuming process's file, the rename did not happen
+    state = _state(ckpt)
+    state["partial"], state["previous"] = str(other / f"{whole.path.name}.tmp-999999999"), str(partial)
+    torch.save(state, ckpt)
+    assert R.gc({whole.key}, dry_run=True, store=other) == []
+
+    monkeypatch.setenv("LAB_STORE", str(other))
+    again = experiments.run(cfg, progress=False)
+    assert again.path.stat().st_ino == inode  # resumed in that file, not trained again
+    assert not ckpt.exists() and not list(other.glob("*.tmp-*"))
+    assert _datasets(whole.path)[1] == _datasets(again.path)[1]
+
+
+def test_an_interrupted_recording_whose_rows_do_not_read_back_is_not_continued(tmp_path):
+    part = tmp_path / "part.h5"
+    rec = _recorder(part)
+    _record(rec, range(0, 21))
+    rec.checkpoint()
+    rec.abort()
+    with h5py.File(part, "r") as f:
+        at = f["m"].id.get_chunk_info_by_coord((8, 0, 0)).byte_offset  # m of steps 8-15
+    with open(part, "r+b") as fh:
+        fh.seek(at + 100)
+        byte = fh.read(1)
+        fh.seek(at + 100)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    rec = _recorder(part, resume_at=20)  # the rows are read back by the writer thread: the next write fails
+    with pytest.raises(experiments.errors.DataError, match="part.h5: the interrupted recording does not read "
+                                                           "back up to step 20"):
+        _record(rec, range(21, _T + 1))
+        rec.finish()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import signal
 import sys
 import threading
 import time
@@ -196,6 +197,8 @@ def preview(root: Path | str, *, host: str = "127.0.0.1", port: int = 4200, jobs
               file=sys.stderr)
         return 2
     url = f"http://{host}:{server.server_address[1]}/"
+    # `kill PID` (a terminal closed, a process manager stopping it) stops it as cleanly as Ctrl-C does
+    old_term = _on_sigterm()
     try:
         print(f"preview: serving {url} (Ctrl-C stops)", flush=True)
         deps, watched = _watch_or_nothing(root)
@@ -225,12 +228,29 @@ def preview(root: Path | str, *, host: str = "127.0.0.1", port: int = 4200, jobs
             shown = ", ".join(sorted(changed)[:3]) + (" ..." if len(changed) > 3 else "")
             what = "everything" if found is None else " then ".join(", ".join(t) for t in todo) or "nothing"
             print(f"preview: {shown} changed: rendering {what}", flush=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("preview: stopped", file=sys.stderr, flush=True)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     finally:
         server.shutdown()
         server.server_close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken like Ctrl-C: the running kernel is interrupted and shut down, the server closed."""
+
+
+def _on_sigterm():
+    """Raise Terminated in the main thread on SIGTERM; returns the previous handler (None off the main thread)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        return None
 
 
 def _sources_changed(root: Path, deps: dict[str, set[str]]) -> set[str]:

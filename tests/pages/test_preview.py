@@ -160,3 +160,23 @@ def test_ctrl_c_in_a_running_chunk_stops_cleanly(preview):
     assert not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
     with pytest.raises(OSError):
         urllib.request.urlopen(preview.url, timeout=2)
+
+
+def test_sigterm_stops_it_like_ctrl_c(tmp_path):
+    """`kill PID` (a closed terminal, a process manager): the server closes and the command exits 143."""
+    root = tmp_path / "notebook"
+    shutil.copytree(FIXTURE, root, ignore=shutil.ignore_patterns("site", ".lab", "store", "_freeze", "__pycache__"))
+    running = Preview(root, tmp_path / "store")
+    try:
+        running.wait_for("preview: watching", 600)
+        started = time.monotonic()
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.proc.wait(timeout=30) == 143
+        assert time.monotonic() - started < 10
+        running.wait_for("preview: stopped", 5)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(running.url, timeout=2)
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()

@@ -18,7 +18,6 @@ import contextlib
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,20 +62,6 @@ def versions(cfg: dict) -> dict[str, Any]:
             "threads": cfg["train"]["threads"], "machine": platform.machine()}
 
 
-def _deterministic(mode: bool) -> None:
-    """`torch.use_deterministic_algorithms(mode)` for the eager kernels training runs. The public call also
-    imports torch._inductor.config to set its `deterministic` flag: about 1.2 s of every training process
-    (the import, and its share of the exit) for a compiler this project never runs. When something in the
-    process has imported that config already, or torch lacks the setter, the public call is made."""
-    import torch
-
-    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if setter is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(mode)
-    else:
-        setter(mode, warn_only=False)
-
-
 @contextlib.contextmanager
 def _torch_settings(threads: int, device: str):
     import torch
@@ -88,7 +73,7 @@ def _torch_settings(threads: int, device: str):
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     old_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.set_num_threads(threads)
-    _deterministic(True)
+    torch.use_deterministic_algorithms(True)
     # deterministic mode also fills every new tensor with NaN (a debugging aid, 15-20 % of a CPU step); no
     # kernel here reads memory it did not write, so the bits do not depend on it
     torch.utils.deterministic.fill_uninitialized_memory = False
@@ -96,7 +81,7 @@ def _torch_settings(threads: int, device: str):
         yield
     finally:
         torch.set_num_threads(old_threads)
-        _deterministic(old_det)
+        torch.use_deterministic_algorithms(old_det)
         torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 

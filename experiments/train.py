@@ -63,6 +63,15 @@ def versions(cfg: dict) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def _aborted_on_error(rec: Recorder):
+    try:
+        yield rec
+    except BaseException:
+        rec.abort()
+        raise
+
+
+@contextlib.contextmanager
 def _torch_settings(threads: int, device: str):
     import torch
 
@@ -260,7 +269,19 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
     tokens, steps = plan(cfg, prepared.dead)
     wanted = cfg["record"]["tensors"]
 
-    with _torch_settings(t_cfg["threads"], t_cfg["device"]):
+    # the recording first: a resumed one's digests are rebuilt (writer thread) while torch is set up
+    bits = "float32" if prec == "fp32" else "bfloat16"  # W (and E, grad) as the model holds them
+    state_dtype = "float32" if prec.startswith("fp32-master") or prec == "fp32" else "bfloat16"
+    dtypes = {"W": bits, "E": bits, "m": state_dtype, "v": state_dtype, "grad": bits, "h_mean": "float32",
+              "master": "float32"}
+    state = None
+    if resume is not None:  # the interrupted recording becomes ours and is continued in place
+        state = _load(resume, attrs["key"], device)
+        _take_over(resume, state, Path(path))
+    rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S, d_model=cfg["model"]["d_model"],
+                   tensors={k: dtypes[k] for k in wanted}, dead=prepared.dead, counts=prepared.counts,
+                   resume_at=None if state is None else int(state["step"]))
+    with _aborted_on_error(rec), _torch_settings(t_cfg["threads"], t_cfg["device"]):
         model = GPT(V, cfg["model"])
         model.init_weights(torch.Generator().manual_seed(t_cfg["init_seed"]))
         master = None
@@ -271,6 +292,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                 master = [p.detach().to(device, torch.float32).clone().requires_grad_(True)
                           for p in model.parameters()]
             model = model.to(device=device, dtype=torch.bfloat16)  # .to() rounds to nearest even
+        if _dtype_name(model.W) != bits:  # the recording's layout was chosen before the model existed
+            raise RuntimeError(f"{prec}: W is {model.W.dtype}, the recording expects {bits}")
         params = list(model.parameters())
         opt_params = master if master is not None else params
         impl = o_cfg["impl"]
@@ -292,122 +315,107 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
         def rows_of(t):
             return t.detach() if all_rows else t.detach().index_select(0, rows_t)
 
-        state_dtype = "float32" if master is not None or prec == "fp32" else "bfloat16"
-        dtypes = {"W": _dtype_name(model.W), "E": _dtype_name(model.W), "m": state_dtype, "v": state_dtype,
-                  "grad": _dtype_name(model.W), "h_mean": "float32", "master": "float32"}
-        state = None
-        if resume is not None:  # the interrupted recording becomes ours and is continued in place
-            state = _load(resume, attrs["key"], device)
-            _take_over(resume, state, Path(path))
-        rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S,
-                       d_model=cfg["model"]["d_model"], tensors={k: dtypes[k] for k in wanted},
-                       dead=prepared.dead, counts=prepared.counts,
-                       resume_at=None if state is None else int(state["step"]))
-        try:
-            batches = Batches(prepared.ids, cfg)
-            first = 1
-            if state is not None:
-                first = _restore(state, resume, model, opt, master, sr_gen, batches) + 1
-                state = None
+        batches = Batches(prepared.ids, cfg)
+        first = 1
+        if state is not None:
+            first = _restore(state, resume, model, opt, master, sr_gen, batches) + 1
+            state = None
 
-            # write_step copies what it is given before returning, so live tensors are handed over as views
-            def record_state(step: int) -> None:
-                out = {}
-                if "W" in wanted:
-                    out["W"] = _bits(rows_of(model.W))
-                if "E" in wanted:
-                    out["E"] = _bits(rows_of(model.E))
-                if "master" in wanted:
-                    out["master"] = _bits(rows_of(opt_W))
-                state = opt.state.get(opt_W, {})
-                for name, key in (("m", "exp_avg"), ("v", "exp_avg_sq")):
-                    if name in wanted:
-                        s = state.get(key)
-                        out[name] = (_bits(rows_of(s)) if s is not None else
-                                     np.zeros((len(tokens), model.W.shape[1]),
-                                              np.uint16 if state_dtype == "bfloat16" else np.float32))
-                if step == 0:  # no forward yet: grad rows 0, h_mean NaN (later steps write them after backward)
-                    if "grad" in wanted:
-                        out["grad"] = np.zeros((len(tokens), model.W.shape[1]),
-                                               np.uint16 if dtypes["grad"] == "bfloat16" else np.float32)
-                    if "h_mean" in wanted:
-                        out["h_mean"] = np.full(model.W.shape[1], np.nan, np.float32)
-                rec.write_step(step, out)
+        # write_step copies what it is given before returning, so live tensors are handed over as views
+        def record_state(step: int) -> None:
+            out = {}
+            if "W" in wanted:
+                out["W"] = _bits(rows_of(model.W))
+            if "E" in wanted:
+                out["E"] = _bits(rows_of(model.E))
+            if "master" in wanted:
+                out["master"] = _bits(rows_of(opt_W))
+            state = opt.state.get(opt_W, {})
+            for name, key in (("m", "exp_avg"), ("v", "exp_avg_sq")):
+                if name in wanted:
+                    s = state.get(key)
+                    out[name] = (_bits(rows_of(s)) if s is not None else
+                                 np.zeros((len(tokens), model.W.shape[1]),
+                                          np.uint16 if state_dtype == "bfloat16" else np.float32))
+            if step == 0:  # no forward yet: grad rows 0, h_mean NaN (later steps write them after backward)
+                if "grad" in wanted:
+                    out["grad"] = np.zeros((len(tokens), model.W.shape[1]),
+                                           np.uint16 if dtypes["grad"] == "bfloat16" else np.float32)
+                if "h_mean" in wanted:
+                    out["h_mean"] = np.full(model.W.shape[1], np.nan, np.float32)
+            rec.write_step(step, out)
 
-            if rec.wants(0) and first == 1:
-                record_state(0)
-            buf_loss, buf_lr, buf_clip, buf_start = [], [], [], first
-            bar = tqdm(total=S, initial=first - 1, desc=cfg["name"], unit="step", disable=not progress,
-                       mininterval=0.5)
-            started = time.perf_counter()
-            # fastest 10-step window: the loop's speed on a shared machine, where totals include other load
-            stamps, best_step = collections.deque([started], maxlen=11), float("inf")
-            for step in range(first, S + 1):
-                x = batches.next().to(device, non_blocking=True)
-                logits, h = model(x[:, :-1], return_hidden=True)
-                loss = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
-                loss.backward()
-                recording = rec.wants(step)
-                if recording and ("grad" in wanted or "h_mean" in wanted):
-                    # written now: clipping scales the gradient in place before the step's other tensors
-                    early = {}
-                    if "grad" in wanted:
-                        early["grad"] = _bits(rows_of(model.W.grad))
-                    if "h_mean" in wanted:
-                        early["h_mean"] = h.detach().float().mean(dim=(0, 1)).cpu().numpy()
-                    rec.write_step(step, early)
-                if master is not None:
+        if rec.wants(0) and first == 1:
+            record_state(0)
+        buf_loss, buf_lr, buf_clip, buf_start = [], [], [], first
+        bar = tqdm(total=S, initial=first - 1, desc=cfg["name"], unit="step", disable=not progress,
+                   mininterval=0.5)
+        started = time.perf_counter()
+        # fastest 10-step window: the loop's speed on a shared machine, where totals include other load
+        stamps, best_step = collections.deque([started], maxlen=11), float("inf")
+        for step in range(first, S + 1):
+            x = batches.next().to(device, non_blocking=True)
+            logits, h = model(x[:, :-1], return_hidden=True)
+            loss = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
+            loss.backward()
+            recording = rec.wants(step)
+            if recording and ("grad" in wanted or "h_mean" in wanted):
+                # written now: clipping scales the gradient in place before the step's other tensors
+                early = {}
+                if "grad" in wanted:
+                    early["grad"] = _bits(rows_of(model.W.grad))
+                if "h_mean" in wanted:
+                    early["h_mean"] = h.detach().float().mean(dim=(0, 1)).cpu().numpy()
+                rec.write_step(step, early)
+            if master is not None:
+                for mp, p in zip(master, params, strict=True):
+                    mp.grad = p.grad.to(torch.float32)
+                    p.grad = None
+            grads = [p.grad for p in opt_params if p.grad is not None]
+            if o_cfg["clip"] is not None:
+                # exactly torch.nn.utils.clip_grad_norm_'s arithmetic, keeping the applied scale
+                total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=False)
+                scale = torch.clamp(o_cfg["clip"] / (total + 1e-6), max=1.0)
+                for g in grads:
+                    g.mul_(scale.to(g.device))
+                buf_clip.append(scale.detach().float())
+            else:
+                buf_clip.append(torch.ones((), device=device))
+            lr = lr_at(o_cfg, step, S)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if master is not None:
+                with torch.no_grad():
                     for mp, p in zip(master, params, strict=True):
-                        mp.grad = p.grad.to(torch.float32)
-                        p.grad = None
-                grads = [p.grad for p in opt_params if p.grad is not None]
-                if o_cfg["clip"] is not None:
-                    # exactly torch.nn.utils.clip_grad_norm_'s arithmetic, keeping the applied scale
-                    total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=False)
-                    scale = torch.clamp(o_cfg["clip"] / (total + 1e-6), max=1.0)
-                    for g in grads:
-                        g.mul_(scale.to(g.device))
-                    buf_clip.append(scale.detach().float())
-                else:
-                    buf_clip.append(torch.ones((), device=device))
-                lr = lr_at(o_cfg, step, S)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if master is not None:
-                    with torch.no_grad():
-                        for mp, p in zip(master, params, strict=True):
-                            if sr_gen is None:
-                                p.copy_(mp)
-                            else:
-                                _stochastic_round_(p, mp.detach(), sr_gen)
-                buf_loss.append(loss.detach().float())
-                buf_lr.append(lr)
-                if recording:
-                    record_state(step)
-                stamps.append(time.perf_counter())
-                if len(stamps) == stamps.maxlen:
-                    best_step = min(best_step, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
-                if len(buf_loss) >= _FLUSH_EVERY or step == S:
-                    losses = torch.stack(buf_loss).cpu().numpy()
-                    rec.write_scalars(buf_start, losses, np.asarray(buf_lr, np.float64),
-                                      torch.stack(buf_clip).cpu().numpy())
-                    bar.update(len(buf_loss))
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-                    buf_loss, buf_lr, buf_clip, buf_start = [], [], [], step + 1
-                    if not np.isfinite(losses).all():
-                        raise DataError(f"{cfg['name']}: loss became {losses[-1]} at step {step}; "
-                                        f"try a lower optim.lr")
-                    if checkpoint is not None and every and step % every == 0 and step < S:
-                        rec.checkpoint()
-                        _save(checkpoint, step, attrs["key"], path, model, opt, master, sr_gen, batches)
-            bar.close()
-            seconds = time.perf_counter() - started
-            final_loss = float(losses[-1])
-            rec.finish({"final_loss": final_loss})
-        except BaseException:
-            rec.abort()
-            raise
+                        if sr_gen is None:
+                            p.copy_(mp)
+                        else:
+                            _stochastic_round_(p, mp.detach(), sr_gen)
+            buf_loss.append(loss.detach().float())
+            buf_lr.append(lr)
+            if recording:
+                record_state(step)
+            stamps.append(time.perf_counter())
+            if len(stamps) == stamps.maxlen:
+                best_step = min(best_step, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
+            if len(buf_loss) >= _FLUSH_EVERY or step == S:
+                losses = torch.stack(buf_loss).cpu().numpy()
+                rec.write_scalars(buf_start, losses, np.asarray(buf_lr, np.float64),
+                                  torch.stack(buf_clip).cpu().numpy())
+                bar.update(len(buf_loss))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                buf_loss, buf_lr, buf_clip, buf_start = [], [], [], step + 1
+                if not np.isfinite(losses).all():
+                    raise DataError(f"{cfg['name']}: loss became {losses[-1]} at step {step}; "
+                                    f"try a lower optim.lr")
+                if checkpoint is not None and every and step % every == 0 and step < S:
+                    rec.checkpoint()
+                    _save(checkpoint, step, attrs["key"], path, model, opt, master, sr_gen, batches)
+        bar.close()
+        seconds = time.perf_counter() - started
+        final_loss = float(losses[-1])
+        rec.finish({"final_loss": final_loss})
     return {"final_loss": final_loss, "tokens": len(tokens), "steps_recorded": len(steps), "seconds": seconds,
             "best_step_seconds": best_step if best_step < float("inf") else seconds / S}

@@ -30,6 +30,14 @@ def _cfg(tiny, precision="bf16"):
                 record={"rows": "dead", "steps": "all", "tensors": tensors})
 
 
+def _checkpoint_step(ckpt) -> int:
+    """The step of the checkpoint (-1 while there is none; it is replaced atomically, never torn)."""
+    try:
+        return int(torch.load(ckpt, weights_only=False)["step"])
+    except FileNotFoundError:
+        return -1
+
+
 def _datasets(path) -> dict:
     with h5py.File(path, "r") as f:
         return {name: f[name][()] for name in f}, json.loads(f.attrs["content_sha256"])
@@ -58,11 +66,14 @@ def test_a_killed_run_resumes_bit_identically(store, tiny, sub_env, tmp_path, mo
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ckpt = other / f"{whole.path.name}.ckpt"
     deadline = time.monotonic() + 300
-    while not ckpt.exists():  # wait for the first checkpoint, then kill at a random moment after it
+    # wait for a random checkpoint (50, 100 or 150 of 250), then kill a moment after it: at least 100 steps
+    # remain, so a fast CPU does not finish the run before the signal arrives
+    target = random.choice([50, 100, 150])
+    while _checkpoint_step(ckpt) < target:
         assert child.poll() is None, child.stderr.read().decode()
         assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(random.uniform(0, 0.5))
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 0.05))
     child.send_signal(sig)
     child.wait(timeout=60)
     if (other / whole.path.name).exists():

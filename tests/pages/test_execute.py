@@ -179,8 +179,13 @@ def test_failing_chunk_names_document_and_label(project, put):
 def kernels_left() -> list:
     import psutil
 
-    return [p for p in psutil.Process().children(recursive=True)
-            if "ipykernel_launcher" in " ".join(p.cmdline())]
+    def cmdline(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # another test's child, exited, not yet reaped
+            return ""
+
+    return [p for p in psutil.Process().children(recursive=True) if "ipykernel_launcher" in cmdline(p)]
 
 
 def test_failure_keeps_the_good_cache_entry_and_stops_scheduling(project, put):

@@ -130,10 +130,11 @@ def _bits(step: int, name: str) -> np.ndarray:
     return np.random.default_rng([step, ord(name)]).integers(0, 1 << 16, (_N, _D), dtype=np.uint16)
 
 
-def _recorder(path, resume_at=None):
+def _recorder(path, resume_at=None, key="0123456789abcdef", tokens=None):
     from experiments.record import Recorder
 
-    return Recorder(path, attrs={"name": "rec", "key": "0123456789abcdef"}, tokens=np.arange(_N),
+    tokens = np.arange(_N) if tokens is None else tokens
+    return Recorder(path, attrs={"name": "rec", "key": key}, tokens=tokens,
                     steps=np.arange(_T + 1), steps_total=_T, d_model=_D, tensors={"W": "bfloat16", "m": "bfloat16"},
                     dead=np.ones(_N, bool), counts=np.zeros(_N, np.int64), resume_at=resume_at)
 
@@ -193,21 +194,15 @@ def test_a_killed_recording_is_continued_in_place_over_its_orphaned_chunks(tmp_p
 
 
 def test_a_recording_that_is_not_this_runs_is_not_continued(tmp_path):
-    from experiments.record import Recorder
-
     part = tmp_path / "part.h5"
     rec = _recorder(part)
     _record(rec, range(0, 21))
     rec.checkpoint()
     rec.abort()
     with pytest.raises(experiments.errors.DataError, match="does not read back up to step 20.*tokens"):
-        Recorder(part, attrs={"name": "rec", "key": "0123456789abcdef"}, tokens=np.arange(1, _N + 1),
-                 steps=np.arange(_T + 1), steps_total=_T, d_model=_D, tensors={"W": "bfloat16", "m": "bfloat16"},
-                 dead=np.ones(_N, bool), counts=np.zeros(_N, np.int64), resume_at=20)
+        _recorder(part, resume_at=20, tokens=np.arange(1, _N + 1))
     with pytest.raises(experiments.errors.DataError, match="does not read back up to step 20.*key"):
-        Recorder(part, attrs={"name": "rec", "key": "fedcba9876543210"}, tokens=np.arange(_N),
-                 steps=np.arange(_T + 1), steps_total=_T, d_model=_D, tensors={"W": "bfloat16", "m": "bfloat16"},
-                 dead=np.ones(_N, bool), counts=np.zeros(_N, np.int64), resume_at=20)
+        _recorder(part, resume_at=20, key="fedcba9876543210")
     rec = _recorder(part, resume_at=20)  # its own run continues
     _record(rec, range(21, _T + 1))
     rec.finish()

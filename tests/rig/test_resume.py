@@ -30,6 +30,15 @@ def _cfg(tiny, precision="bf16"):
                 record={"rows": "dead", "steps": "all", "tensors": tensors})
 
 
+def _reference_and_other_store(cfg, store, tmp_path):
+    """The uninterrupted run in `store`, and an empty second store sharing its prepared data."""
+    whole = experiments.run(cfg, progress=False)
+    other = tmp_path / "other-store"
+    other.mkdir()
+    (other / "data").symlink_to(store / "data", target_is_directory=True)
+    return whole, other
+
+
 def _checkpoint_step(ckpt) -> int:
     """The step of the checkpoint (-1 while there is none; it is replaced atomically, never torn)."""
     try:
@@ -56,11 +65,7 @@ experiments.run(json.loads(sys.argv[1]), progress=False)
 def test_a_killed_run_resumes_bit_identically(store, tiny, sub_env, tmp_path, monkeypatch, precision, sig):
     cfg = _cfg(tiny, precision)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole = experiments.run(cfg, progress=False)  # the uninterrupted reference
-
-    other = tmp_path / "other-store"
-    other.mkdir()
-    (other / "data").symlink_to(store / "data", target_is_directory=True)
+    whole, other = _reference_and_other_store(cfg, store, tmp_path)
     env = sub_env(other, LAB_CHECKPOINT_EVERY="50")
     child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -239,10 +244,7 @@ def test_a_resumed_run_killed_before_its_next_checkpoint_resumes_again_in_the_sa
         store, tiny, sub_env, tmp_path, monkeypatch):
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole = experiments.run(cfg, progress=False)
-    other = tmp_path / "other-store"
-    other.mkdir()
-    (other / "data").symlink_to(store / "data", target_is_directory=True)
+    whole, other = _reference_and_other_store(cfg, store, tmp_path)
     ckpt = other / f"{whole.path.name}.ckpt"
 
     _killed_at(cfg, sub_env, other, 70)  # 20 steps after the checkpoint at 50
@@ -279,10 +281,7 @@ def test_a_take_over_killed_before_its_rename_resumes_from_the_old_name(store, t
                                                                        monkeypatch):
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole = experiments.run(cfg, progress=False)
-    other = tmp_path / "other-store"
-    other.mkdir()
-    (other / "data").symlink_to(store / "data", target_is_directory=True)
+    whole, other = _reference_and_other_store(cfg, store, tmp_path)
     ckpt = other / f"{whole.path.name}.ckpt"
     _killed_at(cfg, sub_env, other, 120)
     (partial,) = other.glob("*.tmp-*")

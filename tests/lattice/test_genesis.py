@@ -129,7 +129,7 @@ def test_tagged_init_places_a_cube_and_a_control_box_and_leaves_everything_else_
     ids, ctrl = spec["ids"], spec["control"]
     other = np.setdiff1d(np.arange(20), ids + ctrl)
     np.testing.assert_array_equal(a[other], b[other])  # every other draw is the untagged run's
-    for p, q in zip(plain.parameters(), tagged.parameters()):
+    for p, q in zip(plain.parameters(), tagged.parameters(), strict=True):
         if p is not plain.W:
             assert torch.equal(p, q)
     centre = a[3]

@@ -66,7 +66,7 @@ def test_rekey_migrates_runs_keyed_by_source_text(store, tiny, monkeypatch):
         parts["sources"] = {m: FP.text_digest(s) for m, s in R.module_sources().items()}
         f.attrs["key_parts"] = json.dumps(parts)
         f.attrs["key"] = "0123456789abcdef"
-    old = run.path.rename(run.path.with_name(f"tiny-0123456789abcdef.h5"))
+    old = run.path.rename(run.path.with_name("tiny-0123456789abcdef.h5"))
     (moved,) = R.rekey_runs(dry_run=True)
     assert moved == (old, run.path) and old.exists()
     assert R.rekey_runs() == [(old, run.path)]

@@ -116,6 +116,73 @@ def test_a_damaged_interrupted_recording_trains_from_step_zero(store, tiny, monk
     assert run.path == final and not partial.exists() and not R._ckpt(final).exists()
 
 
+def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, tmp_path, monkeypatch):
+    """A crash (not a signal) after a checkpoint leaves the recording and its checkpoint, as a kill does; the
+    next call resumes from there and records what an uninterrupted run records."""
+    cfg = _cfg(tiny)
+    monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
+    whole, other = _reference_and_other_store(cfg, store, tmp_path)
+    monkeypatch.setenv("LAB_STORE", str(other))
+    real_save, saves = T._save, []
+
+    def crash_after_second(*a, **k):
+        real_save(*a, **k)
+        saves.append(a[1])
+        if len(saves) == 2:
+            raise RuntimeError("injected crash")
+
+    monkeypatch.setattr(T, "_save", crash_after_second)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        experiments.run(cfg, progress=False)
+    ckpt = other / f"{whole.path.name}.ckpt"
+    assert ckpt.exists() and len(list(other.glob(f"{whole.path.name}.tmp-*"))) == 1
+    assert torch.load(ckpt, weights_only=False)["step"] == 100
+
+    monkeypatch.setattr(T, "_save", real_save)
+    resumed_from = []
+    real = T.train
+    monkeypatch.setattr(T, "train", lambda *a, **k: resumed_from.append(k.get("resume")) or real(*a, **k))
+    again = experiments.run(cfg, progress=False)
+    assert resumed_from == [ckpt]
+    assert not ckpt.exists() and not list(other.glob("*.tmp-*"))
+    (want, want_digest), (got, got_digest) = _datasets(whole.path), _datasets(again.path)
+    for name in want:
+        assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
+    assert want_digest == got_digest
+
+
+def test_a_resumed_run_that_fails_otherwise_keeps_its_checkpoint(store, tiny, monkeypatch, capfd):
+    """Only a checkpoint or recording that cannot be continued restarts from step 0: a resumed run that fails
+    for another reason (here a DataError from training itself, as a full disk or a NaN loss gives) reports that
+    error and keeps the checkpoint, instead of throwing it away and training the whole run again."""
+    cfg = _cfg(tiny)
+    monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
+    real_save = T._save
+
+    def crash_at_100(*a, **k):
+        real_save(*a, **k)
+        if a[1] == 100:
+            raise RuntimeError("injected crash")
+
+    monkeypatch.setattr(T, "_save", crash_at_100)
+    with pytest.raises(RuntimeError):
+        experiments.run(cfg, progress=False)
+    (ckpt,) = store.glob("*.h5.ckpt")
+
+    calls = []
+
+    def fails_on_resume(*a, **k):
+        calls.append(k.get("resume"))
+        raise experiments.runs.DataError("resume: loss became nan at step 120; try a lower optim.lr")
+
+    monkeypatch.setattr(T, "train", fails_on_resume)
+    with pytest.raises(experiments.runs.DataError, match="loss became nan"):
+        experiments.run(cfg, progress=False)
+    assert calls == [ckpt]  # not retried from step 0
+    assert "cannot resume" not in capfd.readouterr().err
+    assert ckpt.exists() and len(list(store.glob("*.h5.tmp-*"))) == 1
+
+
 def test_checkpoint_interval_is_validated_and_rounded(monkeypatch):
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "120")
     assert R._checkpoint_every() == 150

@@ -663,7 +663,8 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
 
     tty = sys.stderr.isatty()
     overall = tqdm(total=total_steps, desc=f"training {len(todo)} runs", unit="step", position=0, disable=not tty,
-                   bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} steps [{elapsed}, about {remaining} left]")
+                   bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]")
+    eta = _Eta({key: cfg for key, (_, cfg) in todo})
     env = {k: v for k, v in os.environ.items() if k not in ("LAB_RUN_LOG", "TQDM_DISABLE")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
     pending = list(todo)
@@ -698,6 +699,7 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
                         r["bar"].update(delta)
                         overall.update(delta)
                         done_steps += delta
+                        eta.progress(key, delta)
                     if state == "waiting":
                         r["bar"].set_description_str(f"  {r['cfg']['name']} {key[:8]} (waiting for a training slot)")
                     elif state == "training":
@@ -710,7 +712,9 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
                         trained += 1
                         overall.update(rest)
                         done_steps += rest
+                        eta.progress(key, rest)
                     else:
+                        eta.drop(key, rest)
                         overall.total -= rest  # its steps will not come: keep the ETA honest
                         total_steps -= rest
                         r["err"].flush()
@@ -719,16 +723,19 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
                     r["bar"].close()
                     r["err"].close()
                     running.pop(key)
+                    eta.finished()
                 elapsed = time.monotonic() - t0
+                eta.sample(elapsed)
                 finished = trained + len(failed)
+                left = eta.left(elapsed) if done_steps else None
+                if left is not None:
+                    overall.set_postfix_str(f"about {_fmt_minutes(left)} left", refresh=False)
                 if done_steps and measured_at is None and (finished or elapsed > 60):
                     measured_at = elapsed
-                    left = _eta(elapsed, done_steps, total_steps, finished, len(todo))
                     tqdm.write(f"training {len(todo)} runs, about {_fmt_minutes(left)} left", file=out)
                     out.flush()
                 elif not tty and time.monotonic() - last_line > 30 and done_steps:
                     # no bars in a log: a line every 30 s instead
-                    left = _eta(elapsed, done_steps, total_steps, finished, len(todo))
                     print(f"training: {trained} of {len(todo)} runs done, {done_steps:,}/{total_steps:,} steps, "
                           f"about {_fmt_minutes(left)} left", file=out, flush=True)
                     last_line = time.monotonic()
@@ -752,13 +759,59 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
     return trained, failed
 
 
-def _eta(elapsed: float, done_steps: int, total_steps: int, finished: int, runs: int) -> float:
-    """Seconds left: the remaining steps at the measured rate, but never less than the remaining runs at
-    the measured time per run (each run also starts a process and loads its data: that dominates small
-    runs, like the smoke profile's)."""
-    by_steps = (total_steps - done_steps) * elapsed / done_steps if done_steps else 0.0
-    by_runs = (runs - finished) * elapsed / finished if finished else 0.0
-    return max(by_steps, by_runs)
+class _Eta:
+    """Time left for a plan's training. A run costs what its steps cost, in matmul FLOPs (a genesis step is
+    about a hundred times cheaper than a crucible step, so counting steps misleads), plus what every run costs
+    besides its steps (a process, imports, data, the final fsync). Both are measured: elapsed ~ a * (runs
+    begun) + b * (work done) is fitted (least squares, a, b >= 0) over samples taken as the plan goes, whose
+    work grows within a run (b) and jumps between runs (a); until the samples tell them apart, b alone."""
+
+    def __init__(self, cfgs: dict[str, dict]):
+        self.per_step = {key: _flops_per_step(cfg) for key, cfg in cfgs.items()}
+        self.total = sum(self.per_step[key] * int(cfg["train"]["steps"]) for key, cfg in cfgs.items())
+        self.runs, self.done, self.finished_runs = len(cfgs), 0.0, 0
+        self.points: list[tuple[float, int, float]] = []  # (elapsed, runs begun, work done)
+
+    def progress(self, key: str, steps: int) -> None:
+        self.done += self.per_step[key] * steps
+
+    def drop(self, key: str, steps: int) -> None:
+        """A run failed: its remaining steps will not come."""
+        self.total -= self.per_step[key] * steps
+
+    def finished(self) -> None:
+        self.finished_runs += 1
+
+    def sample(self, elapsed: float) -> None:
+        if self.done > 0 and (not self.points or elapsed - self.points[-1][0] >= 1.0):
+            self.points.append((elapsed, min(self.runs, self.finished_runs + 1), self.done))
+
+    def left(self, elapsed: float) -> float:
+        import numpy as np
+
+        if self.done <= 0:
+            return 0.0
+        a, b = 0.0, elapsed / self.done
+        if len(self.points) >= 3:
+            t, n, w = (np.array(c, dtype=float) for c in zip(*self.points, (elapsed, min(
+                self.runs, self.finished_runs + 1), self.done), strict=True))
+            (a, b), *_ = np.linalg.lstsq(np.stack([n, w], axis=1), t, rcond=None)
+            if a < 0 or b <= 0:
+                a, b = 0.0, float(t @ w / (w @ w))
+        begun = min(self.runs, self.finished_runs + 1)
+        return max(0.0, a * (self.runs - begun) + b * max(0.0, self.total - self.done))
+
+
+def _flops_per_step(cfg: dict) -> float:
+    """Matmul FLOPs of one step of `cfg` (the vocabulary as configured); 1 if the config does not say."""
+    from experiments.model import flops_per_step
+
+    try:
+        t = cfg["train"]
+        return float(flops_per_step(int(cfg["tokenizer"]["vocab_size"]), cfg["model"], int(t["batch_size"]),
+                                    int(t["seq_len"])))
+    except (KeyError, TypeError, ValueError):
+        return 1.0
 
 
 def _last_progress(r: dict) -> tuple[int | None, str | None]:

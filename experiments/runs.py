@@ -761,7 +761,7 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
 
 class _Eta:
     """Time left for a plan's training. A run costs what its steps cost, in matmul FLOPs (a genesis step is
-    about a hundred times cheaper than a crucible step, so counting steps misleads), plus what every run costs
+    about twenty times cheaper than a crucible step, so counting steps misleads), plus what every run costs
     besides its steps (a process, imports, data, the final fsync). Both are measured: elapsed ~ a * (runs
     begun) + b * (work done) is fitted (least squares, a, b >= 0) over samples taken as the plan goes, whose
     work grows within a run (b) and jumps between runs (a); until the samples tell them apart, b alone."""
@@ -782,9 +782,14 @@ class _Eta:
     def finished(self) -> None:
         self.finished_runs += 1
 
+    @property
+    def begun(self) -> int:
+        """Runs finished, and the one whose steps are being counted now."""
+        return min(self.runs, self.finished_runs + 1)
+
     def sample(self, elapsed: float) -> None:
         if self.done > 0 and (not self.points or elapsed - self.points[-1][0] >= 1.0):
-            self.points.append((elapsed, min(self.runs, self.finished_runs + 1), self.done))
+            self.points.append((elapsed, self.begun, self.done))
 
     def left(self, elapsed: float) -> float:
         import numpy as np
@@ -793,13 +798,12 @@ class _Eta:
             return 0.0
         a, b = 0.0, elapsed / self.done
         if len(self.points) >= 3:
-            t, n, w = (np.array(c, dtype=float) for c in zip(*self.points, (elapsed, min(
-                self.runs, self.finished_runs + 1), self.done), strict=True))
+            t, n, w = (np.array(c, dtype=float)
+                       for c in zip(*self.points, (elapsed, self.begun, self.done), strict=True))
             (a, b), *_ = np.linalg.lstsq(np.stack([n, w], axis=1), t, rcond=None)
             if a < 0 or b <= 0:
                 a, b = 0.0, float(t @ w / (w @ w))
-        begun = min(self.runs, self.finished_runs + 1)
-        return max(0.0, a * (self.runs - begun) + b * max(0.0, self.total - self.done))
+        return max(0.0, a * (self.runs - self.begun) + b * max(0.0, self.total - self.done))
 
 
 def _flops_per_step(cfg: dict) -> float:

@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "cluster", None) and getattr(args, "train_runs", None) is not None:
+        # `lab render --cluster`: a malformed address fails before anything executes, not only once the plan
+        # has a run to train (with every run stored it would never be looked at)
+        from experiments.cluster import parse
+        from experiments.errors import ConfigError
+
+        try:
+            parse(args.cluster)
+        except ConfigError as e:
+            print(f"lab {args.command}: error: {e}", file=sys.stderr)
+            return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -209,6 +209,18 @@ def test_a_bad_config_fails_on_the_client_before_anything_is_submitted(store, su
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("lab train: error: --cluster local:zero")
 
 
+def test_render_refuses_a_malformed_cluster_address_before_it_starts(store, sub_env, tmp_path):
+    """Even when every run is stored (so the cluster would never be asked), `lab render --cluster` with a
+    malformed address says so and exits 2, and builds nothing."""
+    (tmp_path / "_quarto.yml").write_text("project:\n  type: website\nwebsite:\n  title: Test\n")
+    (tmp_path / "index.qmd").write_text("---\ntitle: Home\n---\n\nHello.\n")  # builds without --cluster
+    out = subprocess.run([str(LAB), "render", "--root", str(tmp_path), "--cluster", "local:zero"],
+                         env=sub_env(store), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("lab render: error: --cluster local:zero")
+    assert "Traceback" not in out.stderr and not (tmp_path / "site").exists()
+
+
 def test_slots_are_per_host(store, monkeypatch):
     """A store shared by many machines must not pool their cores: each host has its own training slots."""
     import socket

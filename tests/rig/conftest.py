@@ -59,6 +59,19 @@ def tiny():
 
 
 @pytest.fixture
+def sibling_store(store, tmp_path):
+    """sibling_store(name): another empty LAB_STORE sharing `store`'s prepared data (a second machine, or a
+    second training of the same run to compare with)."""
+    def make(name: str) -> Path:
+        other = tmp_path / name
+        other.mkdir()
+        (other / "data").symlink_to(store / "data", target_is_directory=True)
+        return other
+
+    return make
+
+
+@pytest.fixture
 def sub_env():
     return _subprocess_env
 

@@ -54,13 +54,6 @@ def _same_bits(a: Path, b: Path) -> None:
         assert fa.attrs["content_sha256"] == fb.attrs["content_sha256"]
 
 
-def _other_store(store: Path, tmp_path: Path) -> Path:
-    other = tmp_path / "one-process"
-    other.mkdir()
-    (other / "data").symlink_to(store / "data", target_is_directory=True)
-    return other
-
-
 class _Watch:
     """Polls the store while a test runs: a file under a final run name must always read as complete, and
     (with remember=True) must keep the inode it first had (a second training would replace it)."""
@@ -101,7 +94,8 @@ def _sweep_cfg(tiny, **train) -> dict:
     return cfg
 
 
-def test_a_sweep_on_two_workers_records_the_bits_of_one_process(store, tiny, tmp_path, client, monkeypatch):
+def test_a_sweep_on_two_workers_records_the_bits_of_one_process(store, tiny, tmp_path, sibling_store, client,
+                                                                 monkeypatch):
     cfg = _sweep_cfg(tiny)
     log = tmp_path / "runs.jsonl"
     monkeypatch.setenv("LAB_RUN_LOG", str(log))
@@ -119,7 +113,7 @@ def test_a_sweep_on_two_workers_records_the_bits_of_one_process(store, tiny, tmp
         assert on["host"] and on["cpu"] and on["torch"] and on["pid"] != os.getpid()
 
     # the same members trained by this process, one after another, into a store of its own
-    monkeypatch.setenv("LAB_STORE", str(_other_store(store, tmp_path)))
+    monkeypatch.setenv("LAB_STORE", str(sibling_store("one-process")))
     for member, r in zip(sweep_members(R.resolve(cfg)), fanned, strict=True):
         local = experiments.run(member, progress=False)
         assert local.key == r.key
@@ -151,7 +145,7 @@ def test_two_clients_at_once_train_each_run_once(store, sub_env, client, dask_cl
     assert not watch.bad, watch.bad
 
 
-def test_a_worker_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(store, tiny, tmp_path, client,
+def test_a_worker_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(store, tiny, sibling_store, client,
                                                                           monkeypatch):
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
     cfg = R.resolve(tiny(name="killed", train={"steps": 600}))
@@ -193,7 +187,7 @@ def test_a_worker_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(stor
     assert not list(store.glob("*.tmp-*")) and not list(store.glob("*.ckpt"))
     run = experiments.run(cfg, progress=False)  # stored: served, not trained again
 
-    monkeypatch.setenv("LAB_STORE", str(_other_store(store, tmp_path)))
+    monkeypatch.setenv("LAB_STORE", str(sibling_store("one-process")))
     whole = experiments.run(cfg, progress=False)
     _same_bits(whole.path, run.path)
 

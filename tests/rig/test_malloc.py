@@ -53,14 +53,12 @@ print(experiments.run(json.loads(sys.argv[1]), progress=False).path)
 """
 
 
-def test_the_recording_does_not_depend_on_the_allocator(sub_env, store, tmp_path, tiny):
+def test_the_recording_does_not_depend_on_the_allocator(sub_env, sibling_store, tiny):
     cfg = tiny(name="malloc", train={"steps": 30}, record={"rows": "dead", "steps": "all",
                                                            "tensors": ["W", "m", "v", "grad"]})
     digests = []
     for mode in ("on", "off"):
-        other = tmp_path / mode
-        other.mkdir()
-        (other / "data").symlink_to(store / "data", target_is_directory=True)
+        other = sibling_store(mode)
         out = subprocess.run([sys.executable, "-c", _TRAIN, json.dumps(cfg), mode], env=sub_env(other),
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

@@ -30,13 +30,37 @@ def _cfg(tiny, precision="bf16"):
                 record={"rows": "dead", "steps": "all", "tensors": tensors})
 
 
-def _reference_and_other_store(cfg, store, tmp_path):
+def _reference_and_other_store(cfg, sibling_store):
     """The uninterrupted run in `store`, and an empty second store sharing its prepared data."""
-    whole = experiments.run(cfg, progress=False)
-    other = tmp_path / "other-store"
-    other.mkdir()
-    (other / "data").symlink_to(store / "data", target_is_directory=True)
-    return whole, other
+    return experiments.run(cfg, progress=False), sibling_store("other-store")
+
+
+def _spy_resume(monkeypatch) -> list:
+    """The `resume` argument of every training from now on (None for a training from step 0)."""
+    calls, real = [], T.train
+    monkeypatch.setattr(T, "train", lambda *a, **k: calls.append(k.get("resume")) or real(*a, **k))
+    return calls
+
+
+def _crash_after_checkpoint(monkeypatch, step: int) -> None:
+    """The training raises right after it saved its checkpoint at `step` (a crash, not a signal)."""
+    real = T._save
+
+    def save(*a, **k):
+        real(*a, **k)
+        if a[1] == step:
+            raise RuntimeError("injected crash")
+
+    monkeypatch.setattr(T, "_save", save)
+
+
+def _assert_same_recording(want_path, got_path) -> None:
+    """Every dataset byte for byte, and the same content digest."""
+    (want, want_digest), (got, got_digest) = _datasets(want_path), _datasets(got_path)
+    assert sorted(want) == sorted(got)
+    for name in want:
+        assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
+    assert want_digest == got_digest
 
 
 def _checkpoint_step(ckpt) -> int:
@@ -62,10 +86,10 @@ experiments.run(json.loads(sys.argv[1]), progress=False)
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, sig", [("bf16", signal.SIGKILL), ("fp32-master-sr", signal.SIGKILL),
                                             ("bf16", signal.SIGINT)])
-def test_a_killed_run_resumes_bit_identically(store, tiny, sub_env, tmp_path, monkeypatch, precision, sig):
+def test_a_killed_run_resumes_bit_identically(store, tiny, sub_env, sibling_store, monkeypatch, precision, sig):
     cfg = _cfg(tiny, precision)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole, other = _reference_and_other_store(cfg, store, tmp_path)
+    whole, other = _reference_and_other_store(cfg, sibling_store)
     env = sub_env(other, LAB_CHECKPOINT_EVERY="50")
     child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -87,19 +111,13 @@ def test_a_killed_run_resumes_bit_identically(store, tiny, sub_env, tmp_path, mo
     killed_at = torch.load(ckpt, weights_only=False)["step"]
     assert 50 <= killed_at < STEPS
 
-    resumed_from = []
-    real = T.train
-    monkeypatch.setattr(T, "train", lambda *a, **k: resumed_from.append(k.get("resume")) or real(*a, **k))
+    resumed_from = _spy_resume(monkeypatch)
     monkeypatch.setenv("LAB_STORE", str(other))
     again = experiments.run(cfg, progress=False)
     assert resumed_from == [ckpt]
     assert again.key == whole.key
     assert not ckpt.exists() and not list(other.glob("*.tmp-*"))  # nothing left behind
-    (want, want_digest), (got, got_digest) = _datasets(whole.path), _datasets(again.path)
-    assert sorted(want) == sorted(got)
-    for name in want:
-        assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
-    assert want_digest == got_digest
+    _assert_same_recording(whole.path, again.path)
 
 
 def test_a_damaged_interrupted_recording_trains_from_step_zero(store, tiny, monkeypatch, capfd):
@@ -116,22 +134,15 @@ def test_a_damaged_interrupted_recording_trains_from_step_zero(store, tiny, monk
     assert run.path == final and not partial.exists() and not R._ckpt(final).exists()
 
 
-def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, tmp_path, monkeypatch):
+def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, sibling_store, monkeypatch):
     """A crash (not a signal) after a checkpoint leaves the recording and its checkpoint, as a kill does; the
     next call resumes from there and records what an uninterrupted run records."""
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole, other = _reference_and_other_store(cfg, store, tmp_path)
+    whole, other = _reference_and_other_store(cfg, sibling_store)
     monkeypatch.setenv("LAB_STORE", str(other))
-    real_save, saves = T._save, []
-
-    def crash_after_second(*a, **k):
-        real_save(*a, **k)
-        saves.append(a[1])
-        if len(saves) == 2:
-            raise RuntimeError("injected crash")
-
-    monkeypatch.setattr(T, "_save", crash_after_second)
+    real_save = T._save
+    _crash_after_checkpoint(monkeypatch, 100)
     with pytest.raises(RuntimeError, match="injected crash"):
         experiments.run(cfg, progress=False)
     ckpt = other / f"{whole.path.name}.ckpt"
@@ -139,16 +150,11 @@ def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, tmp
     assert torch.load(ckpt, weights_only=False)["step"] == 100
 
     monkeypatch.setattr(T, "_save", real_save)
-    resumed_from = []
-    real = T.train
-    monkeypatch.setattr(T, "train", lambda *a, **k: resumed_from.append(k.get("resume")) or real(*a, **k))
+    resumed_from = _spy_resume(monkeypatch)
     again = experiments.run(cfg, progress=False)
     assert resumed_from == [ckpt]
     assert not ckpt.exists() and not list(other.glob("*.tmp-*"))
-    (want, want_digest), (got, got_digest) = _datasets(whole.path), _datasets(again.path)
-    for name in want:
-        assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
-    assert want_digest == got_digest
+    _assert_same_recording(whole.path, again.path)
 
 
 def test_a_resumed_run_that_fails_otherwise_keeps_its_checkpoint(store, tiny, monkeypatch, capfd):
@@ -157,15 +163,8 @@ def test_a_resumed_run_that_fails_otherwise_keeps_its_checkpoint(store, tiny, mo
     error and keeps the checkpoint, instead of throwing it away and training the whole run again."""
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    real_save = T._save
-
-    def crash_at_100(*a, **k):
-        real_save(*a, **k)
-        if a[1] == 100:
-            raise RuntimeError("injected crash")
-
-    monkeypatch.setattr(T, "_save", crash_at_100)
-    with pytest.raises(RuntimeError):
+    _crash_after_checkpoint(monkeypatch, 100)
+    with pytest.raises(RuntimeError, match="injected crash"):
         experiments.run(cfg, progress=False)
     (ckpt,) = store.glob("*.h5.ckpt")
 
@@ -308,10 +307,10 @@ def _state(ckpt) -> dict:
 
 @pytest.mark.slow
 def test_a_resumed_run_killed_before_its_next_checkpoint_resumes_again_in_the_same_file(
-        store, tiny, sub_env, tmp_path, monkeypatch):
+        store, tiny, sub_env, sibling_store, monkeypatch):
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole, other = _reference_and_other_store(cfg, store, tmp_path)
+    whole, other = _reference_and_other_store(cfg, sibling_store)
     ckpt = other / f"{whole.path.name}.ckpt"
 
     _killed_at(cfg, sub_env, other, 70)  # 20 steps after the checkpoint at 50
@@ -329,26 +328,20 @@ def test_a_resumed_run_killed_before_its_next_checkpoint_resumes_again_in_the_sa
     assert R.gc({whole.key}, dry_run=True, store=other) == []
     assert set(R.gc(set(), dry_run=True, store=other)) == {ckpt, second}
 
-    resumed_from = []
-    real = T.train
-    monkeypatch.setattr(T, "train", lambda *a, **k: resumed_from.append(k.get("resume")) or real(*a, **k))
+    resumed_from = _spy_resume(monkeypatch)
     monkeypatch.setenv("LAB_STORE", str(other))
     again = experiments.run(cfg, progress=False)
     assert resumed_from == [ckpt] and again.path.stat().st_ino == inode
     assert not ckpt.exists() and not list(other.glob("*.tmp-*"))
-    (want, want_digest), (got, got_digest) = _datasets(whole.path), _datasets(again.path)
-    assert sorted(want) == sorted(got)
-    for name in want:
-        assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
-    assert want_digest == got_digest
+    _assert_same_recording(whole.path, again.path)
 
 
 @pytest.mark.slow
-def test_a_take_over_killed_before_its_rename_resumes_from_the_old_name(store, tiny, sub_env, tmp_path,
+def test_a_take_over_killed_before_its_rename_resumes_from_the_old_name(store, tiny, sub_env, sibling_store,
                                                                        monkeypatch):
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
-    whole, other = _reference_and_other_store(cfg, store, tmp_path)
+    whole, other = _reference_and_other_store(cfg, sibling_store)
     ckpt = other / f"{whole.path.name}.ckpt"
     _killed_at(cfg, sub_env, other, 120)
     (partial,) = other.glob("*.tmp-*")

@@ -11,6 +11,14 @@ Runs keyed before this normal form (their `key_parts` hash the text) are matched
 `rekey` finds the committed version of each module whose text hash the run recorded, and when its normal form
 equals today's, renames the run to the key it would get now, without retraining. `stale` lists the runs
 whose recorded fingerprint no longer matches the code, with the modules that changed.
+
+Some code changes do change the normal form and still make the same recordings: a refactor, a new exception
+class, a faster path to the same bytes, a module moved or split. Each such change is declared once in
+`equivalences.json` (next to this file): the module digests before and after, and how it was checked
+(`python -m experiments.equivalence REV` trains every preset, smoke-sized, plus the precision and optimizer
+variants, under both versions in fresh processes and writes the entry only when every recording is
+byte-identical). A run trained by the old code is then current (`translate`), so `stale` does not list it,
+and `rekey` gives it the new key without retraining; `lab render` and `run` re-key such runs themselves.
 """
 
 from __future__ import annotations
@@ -67,6 +75,42 @@ def _history(repo: str, relpath: str) -> dict[str, str]:
     return out
 
 
+EQUIVALENCES = Path(__file__).with_name("equivalences.json")
+
+
+@cache
+def equivalences(path: Path = EQUIVALENCES) -> tuple[dict, ...]:
+    """The declared code changes that keep recordings: ({"from": {module: digest}, "to": {...}, ...}, ...)."""
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        return ()
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("from"), dict) and isinstance(e.get("to"), dict)):
+            raise ValueError(f"{path}: entry {i} needs 'from' and 'to' mappings of module -> digest")
+    return tuple(entries)
+
+
+def translate(digests: dict[str, str | None]) -> dict[str, str | None]:
+    """The module digests of the newest code declared to make the same recordings as `digests`.
+
+    An entry applies only when the whole set matches (every training module, nothing else): it was checked
+    for that exact code, not for each module alone. Entries chain (A -> B, then B -> C).
+    """
+    seen = []
+    while digests not in seen:
+        seen.append(digests)
+        for e in equivalences():
+            if e["from"] == digests:
+                digests = dict(e["to"])
+                break
+        else:
+            return digests
+    return digests
+
+
 def recorded_digests(parts: dict, package_dir: Path) -> dict[str, str | None]:
     """Normal-form digest of each module a run was trained with (None where history cannot tell)."""
     sources = parts.get("sources", {})
@@ -100,9 +144,9 @@ def expected_parts(parts: dict, current_sources: dict[str, str]) -> dict:
 def differences(parts: dict, current_sources: dict[str, str], package_dir: Path) -> list[str]:
     """What changed since a run was trained: module names, versions or the format ([] if it is current)."""
     new = expected_parts(parts, current_sources)
-    rec = recorded_digests(parts, package_dir)
+    rec = translate(recorded_digests(parts, package_dir))
     changed = [f"{m}.py" if rec.get(m) is not None else f"{m}.py (recorded version not in git history)"
-               for m in sorted(new["sources"]) if rec.get(m) != new["sources"][m]]
+               for m in sorted(set(new["sources"]) | set(rec)) if rec.get(m) != new["sources"].get(m)]
     changed += [f"{k} {parts.get(k)} -> {new[k]}" for k in ("torch", "numpy", "format") if parts.get(k) != new[k]]
     extra = sorted(set(parts) - set(new) - {"sources", "fingerprint"})
     changed += [f"key part {k}" for k in extra]
@@ -115,8 +159,10 @@ def _key_of(parts: dict) -> str:
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
 
 
-def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_run: bool = False) -> list[tuple]:
-    """Give every run whose recorded code is semantically today's the key it would get now.
+def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_run: bool = False,
+          pattern: str = "*.h5", key: str | None = None) -> list[tuple]:
+    """Give every run whose recorded code is semantically today's, or declared equivalent to it, the key it
+    would get now (only runs matching `pattern`, and only the one that gets `key` if given).
 
     Returns (old path, new path) pairs. Only the key, `key_parts` and the file name change: the recording is
     the one the current code would make, so nothing is retrained. Runs that differ in anything are left alone.
@@ -124,7 +170,8 @@ def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_r
     import h5py
 
     moves = []
-    for path in sorted(store.glob("*.h5")):
+    wanted = key
+    for path in sorted(store.glob(pattern)):
         try:
             with h5py.File(path, "r") as f:
                 if int(f.attrs.get("complete", 0)) != 1:
@@ -136,7 +183,7 @@ def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_r
             continue
         new_parts = expected_parts(parts, current_sources)
         new_key = _key_of(new_parts)
-        if new_key == key:
+        if new_key == key or (wanted is not None and new_key != wanted):
             continue
         target = path.with_name(f"{name}-{new_key}.h5")
         moves.append((path, target))

@@ -40,7 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from experiments.errors import DataError
+from experiments.errors import DataError, ResumeError
 
 FORMAT_VERSION = 2
 STEP_TENSORS = ("W", "E", "m", "v", "grad", "master")
@@ -89,17 +89,87 @@ def h5_reason(e: BaseException) -> str:
     return text
 
 
+class _Sha256:
+    """sha256 whose running state can be saved and restored (OpenSSL's SHA256_CTX through ctypes), so a
+    resumed recording continues its digests from a checkpoint instead of reading every row back. Where
+    libcrypto is missing or disagrees with hashlib on a probe, `state()` is None and a resume rebuilds."""
+
+    _lib = None
+    _CTX = 112  # sizeof(SHA256_CTX): h[8], Nl, Nh, data[16], num, md_len (32-bit words)
+
+    @classmethod
+    def _crypto(cls):
+        if cls._lib is None:
+            cls._lib = False
+            try:
+                import ctypes
+                import ctypes.util
+
+                lib = ctypes.CDLL(ctypes.util.find_library("crypto") or "libcrypto.so.3")
+                for fn in (lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final):
+                    fn.restype = ctypes.c_int
+                lib.SHA256_Update.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+                probe = bytes(range(256)) * 37
+                ctx = ctypes.create_string_buffer(cls._CTX)
+                out = ctypes.create_string_buffer(32)
+                lib.SHA256_Init(ctx)
+                lib.SHA256_Update(ctx, probe, len(probe))
+                lib.SHA256_Final(out, ctx)
+                if out.raw == hashlib.sha256(probe).digest():
+                    cls._lib = lib
+            except (OSError, AttributeError):
+                pass
+        return cls._lib or None
+
+    def __init__(self, state: bytes | None = None):
+        import ctypes
+
+        self.lib = self._crypto()
+        if self.lib is None:
+            if state is not None:
+                raise ValueError("no libcrypto here to continue a saved digest state")
+            self.h = hashlib.sha256()
+            return
+        self.ctx = ctypes.create_string_buffer(self._CTX)
+        if state is None:
+            self.lib.SHA256_Init(self.ctx)
+        elif len(state) == self._CTX:
+            ctypes.memmove(self.ctx, state, self._CTX)
+        else:
+            raise ValueError(f"a saved digest state of {len(state)} bytes, not {self._CTX}")
+
+    def update(self, data) -> None:
+        if self.lib is None:
+            self.h.update(data)
+            return
+        buf = np.frombuffer(data, np.uint8)
+        if len(buf):
+            self.lib.SHA256_Update(self.ctx, buf.ctypes.data, len(buf))
+
+    def state(self) -> bytes | None:
+        return None if self.lib is None else self.ctx.raw
+
+    def hexdigest(self) -> str:
+        if self.lib is None:
+            return self.h.hexdigest()
+        import ctypes
+
+        ctx, out = ctypes.create_string_buffer(self.ctx.raw, self._CTX), ctypes.create_string_buffer(32)
+        self.lib.SHA256_Final(out, ctx)
+        return out.raw.hex()
+
+
 class _Digest:
     """sha256 of one dataset's bytes in C order, fed by writes along axis 0 in increasing order.
 
     Rows never written are the fill value (zeros) in the file, so a gap is hashed as zeros.
     """
 
-    def __init__(self, shape: tuple, dtype):
+    def __init__(self, shape: tuple, dtype, saved: dict | None = None):
         self.rows = shape[0] if shape else 1
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-        self.at = 0
-        self.h = hashlib.sha256()
+        self.at = 0 if saved is None else int(saved["at"])
+        self.h = _Sha256(None if saved is None else saved["sha256"])
 
     def _zeros(self, n: int) -> None:
         zero = bytes(min(n * self.row_bytes, 1 << 20))
@@ -121,6 +191,10 @@ class _Digest:
         self.at = self.rows
         return self.h.hexdigest()
 
+    def saved(self) -> dict | None:
+        state = self.h.state()
+        return None if state is None else {"at": self.at, "sha256": state}
+
 
 class Recorder:
     """Streams one run into `path` (normally a temp file the store renames once complete).
@@ -129,11 +203,13 @@ class Recorder:
     `checksum=False` writes the schema-1 layout (no filter, no digest): only for bench/bench_integrity.py.
     `resume_at=step` continues the recording a killed writer left at `path` after its checkpoint at `step`, in
     place (see `_continue`); later steps then overwrite whatever the killed writer wrote after that step.
+    `digests` is what `digest_state()` returned at that checkpoint: the digests continue from it (else they are
+    rebuilt by reading the rows back).
     """
 
     def __init__(self, path: str | Path, *, attrs: dict[str, Any], tokens: np.ndarray, steps: np.ndarray,
                  steps_total: int, d_model: int, tensors: dict[str, str], dead: np.ndarray, counts: np.ndarray,
-                 checksum: bool = True, resume_at: int | None = None):
+                 checksum: bool = True, resume_at: int | None = None, digests: dict | None = None):
         self.path = Path(path)
         self.tokens = np.asarray(tokens, dtype=np.int32)
         self.steps = np.asarray(steps, dtype=np.int32)
@@ -164,7 +240,7 @@ class Recorder:
         self.needed += self.needed // 100 + sum(len(str(v)) for v in attrs.values()) + _FREE_MARGIN
         if resume_at is not None:
             self._continue(resume_at, attrs, layout, {"tokens": self.tokens, "steps": self.steps, "dead": dead,
-                                                      "counts": counts})
+                                                      "counts": counts}, digests)
             return
         self._check_space()
         try:
@@ -366,8 +442,27 @@ class Recorder:
         self._drain()
         self._write("a checkpoint", _flush)
 
+    def digest_state(self) -> dict | None:
+        """The running digests as they stand (after `checkpoint`, i.e. exactly at its step), for the
+        checkpoint: {dataset: {"at": rows fed, "sha256": state bytes}}; None where they cannot be saved."""
+        saved = {name: d.saved() for name, d in self._digest.items()}
+        return None if not saved or None in saved.values() else saved
+
+    def _restored(self, saved: dict | None, expect: dict[str, int]) -> bool:
+        """Continue the digests from a checkpoint's `digest_state` if it stands where this step's rows end."""
+        if not saved or set(saved) != set(self._digest):
+            return False
+        try:
+            if any(int(saved[name]["at"]) != at for name, at in expect.items()):
+                return False
+            self._digest = {name: _Digest(self._ds[name].shape, self._ds[name].dtype, saved[name])
+                            for name in self._digest}
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
+
     def _continue(self, step: int, attrs: dict[str, Any], layout: dict[str, tuple],
-                  static: dict[str, np.ndarray]) -> None:
+                  static: dict[str, np.ndarray], digests: dict | None = None) -> None:
         """Take over the recording a writer killed after its checkpoint at `step` left at `self.path`, in place.
 
         Rows 0..`step` of the step tensors and the scalars of steps 1..`step` stay where they are: they are
@@ -375,13 +470,18 @@ class Recorder:
         the killed writer's stood, so the digests see the same bytes in the same order as an uninterrupted
         run's. The layout, the fixed datasets and the root attributes that say what the file holds must be this
         run's. Rows after `step` are overwritten as training reaches them. Raises DataError (the file closed) if
-        the file is not this run's or does not open; a row that does not read back fails the next write."""
+        the file is not this run's or does not open; a row that does not read back fails the next write.
+        With `digests` saved at that checkpoint, the digests continue from there and no row is read back."""
         rows = self.rows_upto(step)
         try:
             clear_consistency_flags(self.path)
             _claim_written_space(self.path, list(layout))
             have = self.path.stat().st_size
-            self._check_space(have)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ResumeError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
+                              f"{h5_reason(e)}") from None
+        self._check_space(have)  # a full disk is that failure, not a reason to start again from step 0
+        try:
             self.f = h5py.File(self.path, "r+", rdcc_nbytes=4 * _CHUNK_BYTES * (len(self.tensors) + 4),
                                rdcc_w0=1.0, **({"libver": LIBVER} if self.checksum else {}))
             a = self.f.attrs
@@ -419,12 +519,16 @@ class Recorder:
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             self._failed = True
             self.abort()
-            raise DataError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
-                            f"{h5_reason(e)}") from None
+            raise ResumeError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
+                              f"{h5_reason(e)}") from None
         except BaseException:
             self.abort()
             raise
         if not self._digest:
+            return
+        expect = {name: len(data) for name, data in static.items()}
+        expect.update({name: step for name in ("loss", "lr", "clip_scale")}, **{name: rows for name in self.tensors})
+        if self._restored(digests, expect):
             return
 
         def rebuild() -> None:
@@ -441,8 +545,8 @@ class Recorder:
                         block = self._ds[name][start:min(rows, start + 64)]
                         self._digest[name].feed(start, block, len(block))
             except (OSError, RuntimeError, KeyError, ValueError) as e:
-                raise DataError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
-                                f"{h5_reason(e)}") from None
+                raise ResumeError(f"{self.path}: the interrupted recording does not read back up to step {step}: "
+                                  f"{h5_reason(e)}") from None
 
         self._enqueue(rebuild)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from filelock import FileLock, Timeout
 
 from experiments import fingerprint
 from experiments.config import canonical_json, load_config, resolve_device, sweep_members
-from experiments.errors import ConfigError, DamagedRunError, DataError
+from experiments.errors import ConfigError, DamagedRunError, DataError, ResumeError
 from experiments.record import DIGEST_ATTR, FORMAT_VERSION
 from experiments.recording import REPAIR, Run, check, open_reason
 
@@ -286,6 +287,8 @@ def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:
         with _key_lock(store, key, cfg["name"], progress):
             if final.exists():  # another process trained it while we waited
                 return _serve(final), time.monotonic() - started
+            if _rekey_equivalent(store, cfg["name"], key, progress):
+                return _serve(final), time.monotonic() - started
             resume = _resumable(final)
             keep = _partial_of(resume) if resume else None
             for stale in store.glob(f"{final.name}.tmp-*"):  # we hold the lock: these are leftovers
@@ -455,7 +458,7 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
         try:
             train(cfg, prepared, tmp, attrs, progress=progress, resume=resume, **kwargs)
         except DataError as e:
-            if resume is None or not _cannot_resume(e, resume, tmp):
+            if resume is None or not isinstance(e, ResumeError):
                 raise  # any other failure of a resumed run (disk full, a NaN loss) is that failure
             # the interrupted recording or its checkpoint does not read back: train from step 0 instead
             print(f"{cfg['name']} {key[:8]}: cannot resume ({e}); training from step 0", file=sys.stderr,
@@ -477,15 +480,6 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
         raise
     finally:
         malloc.release()  # a kernel that trained lives on: give the kept heap back
-
-
-def _cannot_resume(e: DataError, checkpoint: Path, tmp: Path) -> bool:
-    """Whether a resumed training failed because the checkpoint or its recording cannot be continued: the
-    errors `train._load` / `_take_over` / `_restore` raise name the checkpoint first, the Recorder's take-over
-    (`record.Recorder._continue`, its digest rebuild) names the recording. Told apart by those messages, not
-    by a new error class: the training modules are in every run key, and a class there would retrain the store."""
-    msg = str(e)
-    return msg.startswith(f"{checkpoint}: ") or msg.startswith(f"{tmp}: the interrupted recording ")
 
 
 def _kernel_laws(cfg: dict) -> dict:
@@ -608,6 +602,14 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None, cluster=None) -
     """
     out = out or sys.stdout
     started = time.monotonic()
+    try:
+        rekeyed = rekey_runs()
+    except (OSError, ValueError) as e:
+        rekeyed = []
+        print(f"plan: warning: could not re-key stored runs: {e}", file=out, flush=True)
+    if rekeyed:
+        print(f"plan: re-keyed {len(rekeyed)} stored runs whose training code changed without changing their "
+              "recordings (`lab runs --stale` explains keys)", file=out, flush=True)
     missing: dict[str, tuple[dict, dict]] = {}  # key -> (request, cfg)
     stored, skipped = set(), []
     singles = []
@@ -996,8 +998,7 @@ def _warn_stale(n_missing: int, out) -> None:
         return
     changed = sorted({c for r in stale for c in r["changed"]})
     print(f"warning: {n_missing} runs to train; {len(stale)} stored runs no longer match the training code "
-          f"(changed: {', '.join(changed)}). `lab runs --stale` lists them; `lab runs --rekey` keeps those "
-          "whose change was only comments or docstrings.", file=out, flush=True)
+          f"(changed: {', '.join(changed)}). `lab runs --stale` lists them.", file=out, flush=True)
 
 
 def stale_runs(store: str | Path | None = None) -> list[dict]:
@@ -1022,6 +1023,22 @@ def stale_runs(store: str | Path | None = None) -> list[dict]:
 
 
 def rekey_runs(store: str | Path | None = None, dry_run: bool = False) -> list[tuple[Path, Path]]:
-    """Re-key runs whose recorded code is semantically today's (see `fingerprint.rekey`); no retraining."""
+    """Re-key runs whose recorded code is semantically today's or declared equivalent to it (see
+    `fingerprint.rekey`); no retraining."""
     store = Path(store) if store is not None else store_dir()
     return fingerprint.rekey(store, module_sources(), PACKAGE_DIR, dry_run=dry_run) if store.exists() else []
+
+
+def _rekey_equivalent(store: Path, name: str, key: str, progress: bool) -> bool:
+    """Before training `<name>-<key>`: a stored run of the same name whose code is declared to make the same
+    recording (`fingerprint.translate`) takes that key instead of being trained again."""
+    try:
+        moved = fingerprint.rekey(store, module_sources(), PACKAGE_DIR, pattern=f"{glob.escape(name)}-*.h5", key=key)
+    except (OSError, ValueError) as e:
+        print(f"warning: could not re-key an equivalent stored run of {name}: {e}", file=sys.stderr)
+        return False
+    if moved and progress:
+        print(f"{name}: re-keyed {moved[0][0].name} -> {moved[0][1].name} (same recording, code declared "
+              "equivalent)", file=sys.stderr)
+    return bool(moved) and (store / f"{name}-{key}.h5").exists()
+

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.errors import ConfigError, DataError
+from experiments.errors import ConfigError, DataError, ResumeError
 from experiments.record import Recorder
 
 _FLUSH_EVERY = 50  # steps of loss/lr/clip buffered before a write (keeps per-step device syncs away)
@@ -162,10 +162,12 @@ def _write_checkpoint(checkpoint, state: dict) -> None:
     os.replace(tmp, checkpoint)
 
 
-def _save(checkpoint, step: int, key: str, partial, model, opt, master, sr_gen, batches) -> None:
-    """The training state after `step`, written atomically next to the recording it belongs to."""
+def _save(checkpoint, step: int, key: str, partial, model, opt, master, sr_gen, batches, digests) -> None:
+    """The training state after `step`, written atomically next to the recording it belongs to (with the
+    recording's running digests, so a resume need not read the rows back)."""
     _write_checkpoint(checkpoint, {
-        "step": step, "key": key, "partial": str(partial), "model": model.state_dict(), "opt": opt.state_dict(),
+        "step": step, "key": key, "partial": str(partial), "digests": digests,
+        "model": model.state_dict(), "opt": opt.state_dict(),
         "master": None if master is None else [m.detach() for m in master],
         "sr_gen": None if sr_gen is None else sr_gen.get_state(),
         "data": {"gen": batches.gen.get_state(), "perm": batches._perm, "pos": batches._pos}})
@@ -178,9 +180,9 @@ def _load(checkpoint, key: str, device) -> dict:
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         owner, _ = state["key"], int(state["step"])
     except Exception as e:  # torn, foreign or of an older layout
-        raise DataError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
+        raise ResumeError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
     if owner != key:
-        raise DataError(f"{checkpoint}: a checkpoint of run {owner}, not {key}")
+        raise ResumeError(f"{checkpoint}: a checkpoint of run {owner}, not {key}")
     return state
 
 
@@ -191,7 +193,7 @@ def _take_over(checkpoint, state: dict, path: Path) -> None:
     # `previous`: a take-over killed between re-pointing the checkpoint and the rename
     partial = next((n for n in (state.get("partial"), state.get("previous")) if n and Path(n).exists()), None)
     if partial is None:
-        raise DataError(f"{checkpoint}: its recording {state.get('partial')} is gone")
+        raise ResumeError(f"{checkpoint}: its recording {state.get('partial')} is gone")
     if Path(partial) == Path(path):
         return
     state["partial"], state["previous"] = str(path), partial
@@ -222,7 +224,7 @@ def _restore(state: dict, checkpoint, model, opt, master, sr_gen, batches) -> in
         batches.gen.set_state(state["data"]["gen"])
         batches._perm, batches._pos = state["data"]["perm"], state["data"]["pos"]
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # torn, foreign or older layout
-        raise DataError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
+        raise ResumeError(f"{checkpoint}: not a usable checkpoint: {e!r}") from None
     return int(state["step"])
 
 
@@ -252,7 +254,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
     made durable and the training state (model, optimizer, master weights, random generators, data position)
     saved to `checkpoint`. `resume` names such a checkpoint of an interrupted run: its recording is renamed to
     `path` (the checkpoint re-pointed first) and continued in place after the checkpoint's step (the rows up
-    to it are read once for the digests, never rewritten), recording exactly what an uninterrupted run would.
+    to it are never rewritten; the digests continue from the checkpoint's), recording exactly what an
+    uninterrupted run would.
 
     The file at `path` is complete (attr complete=1, fsynced) when this returns; on any exception it may be
     half-written and the caller removes it.
@@ -269,7 +272,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
     tokens, steps = plan(cfg, prepared.dead)
     wanted = cfg["record"]["tensors"]
 
-    # the recording first: a resumed one's digests are rebuilt (writer thread) while torch is set up
+    # the recording first: a resumed one continues its digests from the checkpoint (or rebuilds them on the
+    # writer thread while torch is set up)
     bits = "float32" if prec == "fp32" else "bfloat16"  # W (and E, grad) as the model holds them
     state_dtype = "float32" if prec.startswith("fp32-master") or prec == "fp32" else "bfloat16"
     dtypes = {"W": bits, "E": bits, "m": state_dtype, "v": state_dtype, "grad": bits, "h_mean": "float32",
@@ -280,7 +284,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
         _take_over(resume, state, Path(path))
     rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S, d_model=cfg["model"]["d_model"],
                    tensors={k: dtypes[k] for k in wanted}, dead=prepared.dead, counts=prepared.counts,
-                   resume_at=None if state is None else int(state["step"]))
+                   resume_at=None if state is None else int(state["step"]),
+                   digests=None if state is None else state.get("digests"))
     with _aborted_on_error(rec), _torch_settings(t_cfg["threads"], t_cfg["device"]):
         model = GPT(V, cfg["model"])
         model.init_weights(torch.Generator().manual_seed(t_cfg["init_seed"]))
@@ -412,7 +417,8 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
                                     f"try a lower optim.lr")
                 if checkpoint is not None and every and step % every == 0 and step < S:
                     rec.checkpoint()
-                    _save(checkpoint, step, attrs["key"], path, model, opt, master, sr_gen, batches)
+                    _save(checkpoint, step, attrs["key"], path, model, opt, master, sr_gen, batches,
+                          rec.digest_state())
         bar.close()
         seconds = time.perf_counter() - started
         final_loss = float(losses[-1])

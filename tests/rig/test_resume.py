@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import experiments
+from experiments import record
 from experiments import runs as R
 from experiments import train as T
 
@@ -134,9 +135,13 @@ def test_a_damaged_interrupted_recording_trains_from_step_zero(store, tiny, monk
     assert run.path == final and not partial.exists() and not R._ckpt(final).exists()
 
 
-def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, sibling_store, monkeypatch):
+@pytest.mark.parametrize("saved_digests", [True, False], ids=["digests-in-checkpoint", "older-checkpoint"])
+def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, sibling_store, monkeypatch,
+                                                                 saved_digests):
     """A crash (not a signal) after a checkpoint leaves the recording and its checkpoint, as a kill does; the
-    next call resumes from there and records what an uninterrupted run records."""
+    next call resumes from there and records what an uninterrupted run records. The checkpoint carries the
+    recording's running digests, so nothing is read back; one written before it did (no `digests`) makes the
+    resume rebuild them from the rows, with the same result."""
     cfg = _cfg(tiny)
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
     whole, other = _reference_and_other_store(cfg, sibling_store)
@@ -147,14 +152,44 @@ def test_a_crash_keeps_the_checkpoint_and_the_next_call_resumes(store, tiny, sib
         experiments.run(cfg, progress=False)
     ckpt = other / f"{whole.path.name}.ckpt"
     assert ckpt.exists() and len(list(other.glob(f"{whole.path.name}.tmp-*"))) == 1
-    assert torch.load(ckpt, weights_only=False)["step"] == 100
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 100 and set(state["digests"]) == set(_datasets(whole.path)[1])
+    if not saved_digests:
+        del state["digests"]
+        torch.save(state, ckpt)
 
     monkeypatch.setattr(T, "_save", real_save)
     resumed_from = _spy_resume(monkeypatch)
+    restored, real_restored = [], record.Recorder._restored
+    monkeypatch.setattr(record.Recorder, "_restored",
+                        lambda self, *a: restored.append(real_restored(self, *a)) or restored[-1])
     again = experiments.run(cfg, progress=False)
-    assert resumed_from == [ckpt]
+    assert resumed_from == [ckpt] and restored == [saved_digests]
     assert not ckpt.exists() and not list(other.glob("*.tmp-*"))
     _assert_same_recording(whole.path, again.path)
+
+
+def test_a_resumed_run_on_a_full_disk_says_so_and_keeps_its_checkpoint(store, tiny, monkeypatch, capfd):
+    """A full disk when a run resumes is that failure (with the space it needs), not a checkpoint that cannot
+    be continued: nothing is thrown away, and the next call, with space, resumes."""
+    cfg = _cfg(tiny)
+    monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "50")
+    real_save = T._save
+    _crash_after_checkpoint(monkeypatch, 100)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        experiments.run(cfg, progress=False)
+    (ckpt,) = store.glob("*.h5.ckpt")
+    monkeypatch.setattr(T, "_save", real_save)
+    resumed_from = _spy_resume(monkeypatch)
+    real_usage = record.shutil.disk_usage
+    monkeypatch.setattr(record.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1000))
+    with pytest.raises(experiments.runs.DataError, match="space|disk"):
+        experiments.run(cfg, progress=False)
+    assert resumed_from == [ckpt] and "cannot resume" not in capfd.readouterr().err
+    assert ckpt.exists() and len(list(store.glob("*.h5.tmp-*"))) == 1
+    monkeypatch.setattr(record.shutil, "disk_usage", real_usage)
+    experiments.run(cfg, progress=False)
+    assert resumed_from == [ckpt, ckpt] and not ckpt.exists()
 
 
 def test_a_resumed_run_that_fails_otherwise_keeps_its_checkpoint(store, tiny, monkeypatch, capfd):

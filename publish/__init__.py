@@ -8,6 +8,8 @@ Modules, one concept each:
   cache     the document cache under `.lab/cache/` (executed notebook + dependency record)
   pages     documents -> mkdocs markdown pages, executing stale ones in parallel
   newentry  `lab new`: dated log entries and lore cards
-  site, generated, render, cli   the mkdocs site, generated pages, `lab render` / `lab new`
+  site, generated, render   the mkdocs site, generated pages, `lab render`
+  preview   `lab preview`: serve the site, re-render what an edit touched
+The command line itself (argument parsing, exit statuses) is in `lab/`.
 This package never imports `experiments` (ARCHITECTURE.md): the two meet through LAB_RUN_LOG and run files.
 """

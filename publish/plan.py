@@ -5,7 +5,7 @@
 call, not the key, so an entry stays valid under another profile (LAB_SMOKE, which keeps fewer sweep
 members) or after a change of the training code). Before executing documents, `lab render` asks
 for the requests of the documents about to execute and has `experiments` train the missing ones first, with
-progress bars and an ETA (lab/cli.py passes that trainer in: publish never imports experiments). A stale
+progress bars and an ETA (lab/render.py passes that trainer in: publish never imports experiments). A stale
 entry is harmless: at worst a run is trained that no document uses any more, and a document that needs a
 run the plan lacks trains it itself.
 """

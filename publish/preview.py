@@ -6,7 +6,8 @@ of them changes, the documents it belongs to (plus the listing pages, when a sou
 with `lab render`'s own machinery, the others kept as cached; a changed `_quarto.yml` or a source added or
 removed renders everything. The served HTML pages carry a small script that polls `/__lab/version` and
 reloads the page when a render changed the site. Ctrl-C stops the render in progress the way `lab render`
-does (kernels interrupted and shut down, cache entries kept), then the server, with exit status 130.
+does (kernels interrupted and shut down, cache entries kept), then the server, and the KeyboardInterrupt
+goes on to the caller (`lab preview` turns SIGTERM into one too and exits 130, or 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import signal
 import sys
 import threading
 import time
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from publish import cache, site
-from publish.render import STAMP, render
+from publish.render import STAMP, error_line, render
 from publish.sources import SourceError, discover, read_document
 
 VERSION_URL = "/__lab/version"
@@ -172,19 +172,21 @@ def serve(served: Site, host: str, port: int) -> http.server.ThreadingHTTPServer
 
 def preview(root: Path | str, *, host: str = "127.0.0.1", port: int = 4200, jobs: int = 1,
             poll: float = 0.5, timeout: float | None = None,
-            train_runs: Callable[[list[dict], int], dict | None] | None = None) -> int:
-    """Render, serve, and re-render on changes until Ctrl-C (returns 130). Returns 2 when the port is taken."""
+            train_runs: Callable[[list[dict], int], dict | None] | None = None, prog: str | None = None) -> int:
+    """Render, serve, and re-render on changes until Ctrl-C: the server is closed and the KeyboardInterrupt
+    raised on. Returns 2 when the settings do not load or the port is taken (`prog`: the command an error
+    line names, as in publish.render.render)."""
     root = Path(root).resolve()
     try:
         settings = site.load_settings(root)
     except site.SiteError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e, prog), file=sys.stderr)
         return 2
     served = Site(root / settings.output_dir)
 
     def rerender(targets: list[str] | None) -> None:
         before = served.version
-        status = render(root, targets, jobs=jobs, timeout=timeout, train_runs=train_runs)
+        status = render(root, targets, jobs=jobs, timeout=timeout, train_runs=train_runs, prog=prog)
         if served.version != before:
             print(f"preview: site rebuilt (render exit status {status}); open pages reload", flush=True)
         elif status:
@@ -193,12 +195,10 @@ def preview(root: Path | str, *, host: str = "127.0.0.1", port: int = 4200, jobs
     try:
         server = serve(served, host, port)
     except OSError as e:
-        print(f"error: cannot serve on {host}:{port}: {e.strerror or e} (try --port 0 for any free port)",
+        print(error_line(f"cannot serve on {host}:{port}: {e.strerror or e} (try --port 0 for any free port)", prog),
               file=sys.stderr)
         return 2
     url = f"http://{host}:{server.server_address[1]}/"
-    # `kill PID` (a terminal closed, a process manager stopping it) stops it as cleanly as Ctrl-C does
-    old_term = _on_sigterm()
     try:
         print(f"preview: serving {url} (Ctrl-C stops)", flush=True)
         deps, watched = _watch_or_nothing(root)
@@ -228,29 +228,12 @@ def preview(root: Path | str, *, host: str = "127.0.0.1", port: int = 4200, jobs
             shown = ", ".join(sorted(changed)[:3]) + (" ..." if len(changed) > 3 else "")
             what = "everything" if found is None else " then ".join(", ".join(t) for t in todo) or "nothing"
             print(f"preview: {shown} changed: rendering {what}", flush=True)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         print("preview: stopped", file=sys.stderr, flush=True)
-        return 143 if isinstance(e, Terminated) else 130
+        raise
     finally:
         server.shutdown()
         server.server_close()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, taken like Ctrl-C: the running kernel is interrupted and shut down, the server closed."""
-
-
-def _on_sigterm():
-    """Raise Terminated in the main thread on SIGTERM; returns the previous handler (None off the main thread)."""
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: signals cannot be handled here
-        return None
 
 
 def _sources_changed(root: Path, deps: dict[str, set[str]]) -> set[str]:

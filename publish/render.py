@@ -1,7 +1,7 @@
 """`lab render`: sources → (planned runs trained) → executed pages → generated docs tree → site.
 
 Steps: read + validate every source; find the documents that must execute; train the runs the plan
-(`_runs.yml`, publish.plan) says they need and the store lacks (through the `train_runs` callable lab/cli.py
+(`_runs.yml`, publish.plan) says they need and the store lacks (through the `train_runs` callable lab/render.py
 passes in); execute them (publish.pages, with the document cache); rewrite the plan; print one line per
 document and a summary; add the generated pages; build the site into a temporary directory next to
 `site/`; swap it into place; print where the time went. A failed page is published under a banner and the
@@ -155,6 +155,11 @@ def future_dated(docs, now: dt.datetime | None = None) -> list[str]:
     return out
 
 
+def error_line(error: Exception | str, prog: str | None = None) -> str:
+    """`PROG: error: ERROR` (`error: ERROR` without a command name)."""
+    return f"{prog}: error: {error}" if prog else f"error: {error}"
+
+
 def render(
     root: Path | str,
     targets: Iterable[str | Path] | None = None,
@@ -166,6 +171,7 @@ def render(
     strict: bool = False,
     timeout: float | None = None,
     train_runs: Callable[[list[dict], int], dict | None] | None = None,
+    prog: str | None = None,
 ) -> int:
     """Render the project at `root` into its site (or `out`). Returns the exit status (0 = success).
 
@@ -176,6 +182,7 @@ def render(
     and the site is left as it was (with `keep_going` too, every document still executes). `timeout`:
     seconds a chunk may go without progress (default: `execute: timeout`, see publish.execute; 0: none).
     `train_runs(requests, jobs)`: trains the planned runs the store lacks before documents execute.
+    `prog`: the command an error line names (`lab render: error: ...`; without it, `error: ...`).
     """
     start = time.perf_counter()
     root = Path(root).resolve()
@@ -186,7 +193,7 @@ def render(
         validate(docs)
         chosen = select(docs, targets, root)
     except (SourceError, site.SiteError, RenderError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e, prog), file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1  # a key that does not exist: a usage error
     site_dir = Path(out).resolve() if out else root / settings.output_dir
     for line in future_dated(docs):
@@ -252,7 +259,7 @@ def render(
         with FileLock(str(lock_dir / "site.lock")):
             result = publish_site(root, settings, pages, site_dir)
     except (site.SiteError, RenderError, OSError) as e:
-        print(f"error: {e}\nsite not updated ({site_dir} left as it was)", file=sys.stderr)
+        print(f"{error_line(e, prog)}\nsite not updated ({site_dir} left as it was)", file=sys.stderr)
         return 1
     site_seconds = time.perf_counter() - site_started
     print(f"{result} {site_dir} in {time.perf_counter() - start:.1f} s")

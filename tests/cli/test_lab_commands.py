@@ -65,3 +65,51 @@ def test_new_and_render(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 executed" in r.stdout and "0 failed" in r.stdout
     assert (proj / "site" / "index.html").is_file() and any((proj / "site" / "log").rglob("index.html"))
+
+
+def test_every_group_fails_one_way(tmp_path):
+    """The convention of lab/cli.py, per command group: bad input is exit 2 and one line,
+    `lab <command>: error: ...`, whichever package the command drives."""
+    outside, store = tmp_path / "outside", tmp_path / "store"
+    outside.mkdir()
+    not_a_project = "not inside a lab project"
+    cases = [
+        (["render"], "render", not_a_project),
+        (["render", "--cluster", "bad::"], "render", "--cluster 'bad::'"),
+        (["new", "An entry"], "new", not_a_project),
+        (["preview", "--port", "0"], "preview", not_a_project),
+        (["gc"], "gc", not_a_project),
+        (["train", "no-such-preset"], "train", "no preset named 'no-such-preset'"),
+        (["cluster", "start", "--workers", "0"], "cluster", "--workers: expected at least 1, got 0"),
+        (["blackholes", str(tmp_path / "nothing.gguf")], "blackholes", "nothing.gguf: file not found"),
+    ]
+    for argv, command, needle in cases:
+        r = lab(*argv, cwd=outside, store=store)
+        assert r.returncode == 2, (argv, r.returncode, r.stderr)
+        assert r.stderr.startswith(f"lab {command}: error: ") and r.stderr.count("\n") == 1, (argv, r.stderr)
+        assert needle in r.stderr, (argv, r.stderr)
+    r = lab("new", "An entry", "--date", "yesterday", cwd=_project(tmp_path / "proj"), store=store)
+    assert r.returncode == 2 and r.stderr.startswith("lab new: error: date 'yesterday': ") and r.stderr.count("\n") == 1
+
+
+def test_cluster_start_stops_on_ctrl_c_and_sigterm(tmp_path):
+    """`lab cluster start` runs until stopped: Ctrl-C exits 130, `kill PID` 143, each after closing the cluster."""
+    import signal
+
+    import pytest
+
+    pytest.importorskip("distributed")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LAB_SMOKE", "LAB_RUN_LOG")}
+    for sig, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        p = subprocess.Popen([str(LAB), "cluster", "start", "--workers", "1", "--port", "0"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().startswith("scheduler "), p.stderr.read()
+            p.send_signal(sig)
+            assert p.wait(timeout=60) == status
+            err = p.stderr.read()
+            assert "lab cluster: stopped" in err and "Traceback" not in err, err
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

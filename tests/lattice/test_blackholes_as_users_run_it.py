@@ -42,7 +42,7 @@ def bad(*args, **kw) -> str:
     """stderr of a run that must fail as bad input: exit 2, one line, no Traceback."""
     r = lab(*args, **kw)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert r.stderr.startswith("lab blackholes: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("lab blackholes: error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     return r.stderr
 
 
@@ -58,11 +58,11 @@ def members(census: dict) -> list[list[int]]:
 
 
 def test_the_package_and_every_entry_point_import_alone():
-    code = ("import sys, experiments.checkpoints, experiments.blackholes_cli, lab.cli; "
+    code = ("import sys, experiments.checkpoints, lab.blackholes, lab.cli; "
             "lab.cli.build_parser(); print('ml_dtypes' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr  # no test-only import needed, none made
-    r = subprocess.run([sys.executable, "-m", "experiments.blackholes_cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "lab", "blackholes", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--tensor" in r.stdout
     r = lab("--help")
     assert r.returncode == 0 and "blackholes" in r.stdout

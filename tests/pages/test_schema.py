@@ -100,7 +100,7 @@ def test_misspelt_quarto_key(tmp_path, old, new, key, guess):
     root = make(tmp_path, QUARTO.replace(old, new))
     line = one_line_error(lab_render(root))
     n = line_of(root, "_quarto.yml", key.split(".")[-1] + ":")
-    assert line.startswith(f"error: {root / '_quarto.yml'}:{n}: unknown key '{key}'"), line
+    assert line.startswith(f"lab render: error: {root / '_quarto.yml'}:{n}: unknown key '{key}'"), line
     assert f"did you mean '{guess}'?" in line, line
 
 
@@ -137,7 +137,7 @@ def test_misspelt_front_matter_key(tmp_path, old, new, key, guess):
     root = make(tmp_path, page=PAGE.replace(old, new))
     line = one_line_error(lab_render(root))
     n = line_of(root, "lore/a.qmd", key.split(".")[-1] + ":")
-    assert line.startswith(f"error: {root / 'lore' / 'a.qmd'}:{n}: unknown key '{key}'"), line
+    assert line.startswith(f"lab render: error: {root / 'lore' / 'a.qmd'}:{n}: unknown key '{key}'"), line
     assert f"did you mean '{guess}'?" in line, line
 
 

@@ -1,16 +1,17 @@
-"""`lab train | runs | show | gc` through the same register() the lab dispatcher calls."""
+"""`lab train | runs | show | gc` in-process, through `lab.cli.main` (what the console script calls), so a
+test can stop the training half-way or fill the disk; tests/cli runs the installed command itself."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import yaml
 
-from experiments import cli
+import publish.cache
 from experiments import config as C
 from experiments.record import Recorder
+from lab.cli import main as lab_main
 
 
 @pytest.fixture
@@ -21,16 +22,19 @@ def lab(store, tiny, tmp_path, monkeypatch):
     del cfg["name"]
     (presets / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setattr(C, "CONFIG_DIR", presets)
+    # `lab gc` asks the document cache of the project it runs in which runs rendered documents used
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "_quarto.yml").write_text("project:\n  type: website\n")
+    monkeypatch.chdir(project)
     used: set[str] = set()
+    asked = []
+    monkeypatch.setattr(publish.cache, "used_run_keys", lambda root: asked.append(root) or set(used))
 
     def main(*argv: str) -> int:
-        parser = argparse.ArgumentParser(prog="lab")
-        sub = parser.add_subparsers(dest="command", required=True)
-        cli.register(sub, used_keys=lambda: used)
-        args = parser.parse_args(argv)
-        return args.func(args)
+        return lab_main(list(argv))
 
-    main.used = used
+    main.used, main.asked, main.project = used, asked, project
     return main
 
 
@@ -54,12 +58,15 @@ def test_train_runs_show_gc(lab, store, capsys):
     assert f"trained on {__import__('socket').gethostname()}: " in shown and " cores, torch " in shown
     assert lab("gc", "--dry-run") == 0
     assert "would delete" in capsys.readouterr().out and (store / path.split("/")[-1]).exists()
+    assert lab.asked == [lab.project]  # the project around the current folder
     lab.used.add(key)
     assert lab("gc") == 0 and (store / path.split("/")[-1]).exists()
     lab.used.clear()
     # No document uses any run (an empty document cache): refuse rather than wipe the store.
     assert lab("gc") == 2 and (store / path.split("/")[-1]).exists()
-    assert "nothing deleted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("lab gc: error: no rendered document uses any run") and "nothing deleted" in err
+    assert err.count("\n") == 1
     assert lab("gc", "--all") == 0 and not (store / path.split("/")[-1]).exists()
 
 
@@ -83,7 +90,7 @@ def test_ctrl_c_removes_the_temp_file_and_exits_130(lab, store, monkeypatch, cap
 
     monkeypatch.setattr(Recorder, "write_step", interrupted)
     assert lab("train", "tiny") == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert "lab train: interrupted; tiny was not stored (temporary file removed)" in capsys.readouterr().err
     assert [p for p in store.iterdir() if ".h5" in p.name] == []
 
 

@@ -53,7 +53,7 @@ def test_key_follows_training_code_only(store, tiny, tmp_path):
     key, _ = R.compute_key(cfg, prepared, R.module_sources(copy))
     assert key == R.compute_key(cfg, prepared)[0]
     (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\n# unrelated edit\n")
-    (copy / "cli.py").write_text((copy / "cli.py").read_text() + "\n# unrelated edit\n")
+    (copy / "verify.py").write_text((copy / "verify.py").read_text() + "\n# unrelated edit\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] == key
     (copy / "model.py").write_text((copy / "model.py").read_text() + "\n# a comment changes no bits\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] == key

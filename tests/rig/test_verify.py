@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 import experiments
-from experiments import cli, verify
+from experiments import verify
 from experiments.errors import DataError
 
 # the Flannel schedule with an active clip, so the recorded lr and clip scale matter
@@ -160,12 +159,10 @@ def test_unreplayable_runs_say_why(store, tiny):
 
 def test_cli_exit_status_and_json(store, tiny, capsys):
     run = _run(tiny, optim=FLANNEL)
-    parser = argparse.ArgumentParser(prog="lab")
-    cli.register(parser.add_subparsers(dest="command", required=True))
+    from lab.cli import main
 
     def lab(*argv):
-        args = parser.parse_args(argv)
-        return args.func(args)
+        return main(list(argv))
 
     assert lab("verify", run.key) == 0
     assert "bit-exact" in capsys.readouterr().out

@@ -3,20 +3,19 @@
 PATH is a file or directory, or a Hugging Face repo id (ORG/NAME) already in the local cache (never the
 network). `--tensor both` puts the input embedding's and the unembedding's census side by side.
 
-Registered into `lab` by `register(subparsers)`; runnable alone as ``python -m experiments.blackholes_cli``.
-Exit codes: 0 done, 2 bad input (one line on stderr).
+Exit status: 0 done, 2 bad input (one line on stderr, `lab blackholes: error: ...`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 from experiments import blackholes
 from experiments.checkpoints import CheckpointError, Pairing, load_matrix, pairing, resolve
 from experiments.errors import DataError
+from lab.cli import fail
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,18 +47,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("blackholes", help="black-hole census and lattice components of a checkpoint matrix",
                               description=__doc__.splitlines()[0])
     _add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_blackholes)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_blackholes(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except BrokenPipeError:
         raise  # the reader went away (`| head`): lab's main stops quietly
     except (CheckpointError, DataError, ValueError, OSError) as e:
-        print(f"lab blackholes: {e}", file=sys.stderr)
-        return 2
+        return fail("blackholes", e)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -187,12 +185,3 @@ def _indicators(m, c, pattern: str) -> dict:
         raise ValueError(f"--unused: no token matches {pattern!r}")
     return blackholes.undertrained_indicators(m.values(), ref).compare(c)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blackholes", description=__doc__.splitlines()[0])
-    _add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,60 +1,19 @@
-"""`lab train | runs | show | gc`: the run store from the command line.
+"""`lab runs | show | verify | gc`: the run store from the command line.
 
-`register(subparsers, used_keys)` adds the subcommands; each handler returns an exit code (0 ok, 2 bad
-config or data, 130 interrupted). `used_keys` is a callable returning the run keys rendered documents used
-(the `lab` dispatcher asks the document cache); `gc` keeps those and deletes every other complete run.
-`runs --check` reads every run against its checksums (exit 1 if one is damaged); `gc --damaged` deletes those.
+`runs --check` reads every run against its checksums (exit 1 if one is damaged); `verify` replays a run's
+AdamW steps (exit 1 on a mismatch); `gc` keeps the runs rendered documents used (the document cache,
+`publish.cache.used_run_keys`) and deletes every other complete run, or with `--damaged` the damaged ones.
+Exit status: 0 ok, 1 a finding, 2 bad input or an unreadable store (one line), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Callable, Iterable
 
 from experiments.errors import ConfigError, DamagedRunError, DataError
-
-
-def _fail(cmd: str, err: Exception) -> int:
-    print(f"lab {cmd}: error: {err}", file=sys.stderr)
-    return 2
-
-
-def _check_numbers(cfg: dict, overrides: dict, prefix: str = "") -> None:
-    """NaN or inf is never a meaningful config value (torch raised its own traceback for optim.lr=nan)."""
-    for key, value in cfg.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _check_numbers(value, overrides, dotted + ".")
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, float) and not math.isfinite(v):
-                given = next((f" (--set {k}={v})" for k in overrides if dotted.endswith(k)), "")
-                raise ConfigError(f"{dotted}: must be a finite number, got {v}{given}")
-
-
-def _check_device(device: str, flag: bool) -> None:
-    """A device this machine has, or one line naming the devices it does have (not torch's AssertionError)."""
-    kind, _, index = device.partition(":")
-    if kind not in ("cuda", "mps"):
-        return
-    import torch
-
-    found = ["cpu"]
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    found += [f"cuda:{i}" for i in range(n)]
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if mps:
-        found.append("mps")
-    what = f"--device {device}" if flag else f"train.device: {device}"
-    if kind == "mps" and not mps:
-        raise ConfigError(f"{what}: no MPS (Apple GPU) on this machine; devices found: {', '.join(found)}")
-    if kind == "cuda" and n == 0:
-        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        raise ConfigError(f"{what}: no CUDA on this machine ({why}); devices found: {', '.join(found)}")
-    if kind == "cuda" and index and (not index.isdigit() or int(index) >= n):
-        raise ConfigError(f"{what}: this machine has {n} CUDA device(s); devices found: {', '.join(found)}")
+from lab.cli import fail, interrupted
 
 
 def _size(n: int) -> str:
@@ -63,49 +22,6 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from experiments.config import load_config, parse_set
-    from experiments.runs import run, sweep
-
-    try:
-        overrides = parse_set(args.set or [])
-        if args.device:
-            overrides["train.device"] = args.device
-        cfg = load_config(args.name, **overrides)
-        _check_numbers(cfg, overrides)
-        _check_device(str(cfg["train"]["device"]), bool(args.device))
-        if getattr(args, "cluster", None):  # --- cluster (issue 13): each run a task on the Dask cluster ---
-            from experiments import cluster
-
-            cluster.parse(args.cluster)  # a malformed address fails before anything starts
-            if cfg["sweep"]:
-                runs = sweep(args.name, executor=args.cluster, **overrides)
-            else:
-                from experiments.runs import resolve
-
-                cluster.train([resolve(args.name, **overrides)], args.cluster)
-                runs = [run(args.name, **overrides)]  # stored now: found, logged
-        elif cfg["sweep"]:
-            runs = sweep(args.name, jobs=args.jobs, **overrides)
-        else:
-            runs = [run(args.name, **overrides)]
-    except KeyboardInterrupt:
-        if getattr(args, "cluster", None):  # cluster (issue 13): workers keep their recordings and checkpoints
-            print(f"lab train: interrupted; runs of {args.name} that were training resume from their last "
-                  "checkpoint next time", file=sys.stderr)
-            return 130
-        print(f"lab train: interrupted; {args.name} was not stored (temporary file removed)", file=sys.stderr)
-        return 130
-    except (ConfigError, DataError) as e:
-        return _fail("train", e)
-    except OSError as e:  # a full disk or a read-only store while caching the corpus / tokenizer
-        where = f"{e.filename}: " if e.filename else ""
-        return _fail("train", DataError(f"{where}{e.strerror or e}; nothing was stored"))
-    for r in runs:
-        print(f"{r.name}  {r.key}  {r.path}")
-    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -118,7 +34,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     try:
         rows = list_runs(check=args.check)
     except (DataError, OSError) as e:
-        return _fail("runs", e)
+        return fail("runs", e)
     bad = [r for r in rows if args.check and r["check"] in ("damaged", "incomplete")]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -166,7 +82,7 @@ def _rekey(dry_run: bool) -> int:
     try:
         moves = rekey_runs(dry_run=dry_run)
     except (DataError, OSError) as e:
-        return _fail("runs", e)
+        return fail("runs", e)
     verb = "would re-key" if dry_run else "re-keyed"
     for old, new in moves:
         print(f"{verb} {old.name} -> {new.name}")
@@ -182,11 +98,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         r = find(args.run)
     except DataError as e:
-        return _fail("show", e)
+        return fail("show", e)
     try:
         return _show(r, h5py)
     except (OSError, RuntimeError, KeyError) as e:  # the datasets' headers of a damaged file
-        return _fail("show", DamagedRunError(f"{r.path}: the run file is damaged: {e}"))
+        return fail("show", DamagedRunError(f"{r.path}: the run file is damaged: {e}"))
 
 
 def _show(r, h5py) -> int:
@@ -215,38 +131,42 @@ def _show(r, h5py) -> int:
     return 0
 
 
-def cmd_gc(args: argparse.Namespace, used_keys: Callable[[], Iterable[str]] | None) -> int:
+def cmd_gc(args: argparse.Namespace) -> int:
     from experiments.runs import gc
 
     if args.damaged:
         try:
             doomed = gc((), dry_run=args.dry_run, damaged=True)
         except (DataError, OSError) as e:
-            return _fail("gc", e)
+            return fail("gc", e)
         verb = "would delete" if args.dry_run else "deleted"
         for path in doomed:
             print(f"{verb} {path}")
         print(f"{verb} {len(doomed)} damaged run file(s); the next run of each trains it again")
         return 0
-    if used_keys is None:
-        print("lab gc: error: no document cache to ask which runs are used; nothing deleted", file=sys.stderr)
-        return 2
     try:
-        keep = set(used_keys())
+        keep = _used_run_keys()
         if not keep and not args.all and not args.dry_run:
             # An empty document cache (a fresh clone, a deleted .lab/) says nothing about what is used:
             # deleting every run on that evidence would throw away hours of training.
-            print("lab gc: no rendered document uses any run (is the document cache empty? run `lab render` "
-                  "first); nothing deleted. `lab gc --all` deletes every run.", file=sys.stderr)
-            return 2
+            return fail("gc", "no rendered document uses any run (is the document cache empty? run `lab render` "
+                        "first); nothing deleted. `lab gc --all` deletes every run.")
         doomed = gc(keep, dry_run=args.dry_run)
     except (ConfigError, DataError, OSError) as e:
-        return _fail("gc", e)
+        return fail("gc", e)
     verb = "would delete" if args.dry_run else "deleted"
     for path in doomed:
         print(f"{verb} {path}")
     print(f"{verb} {len(doomed)} file(s); kept runs used by {len(keep)} key(s)")
     return 0
+
+
+def _used_run_keys() -> set[str]:
+    """The run keys any rendered document used: the document cache of the project around the current folder."""
+    from publish import cache
+    from publish.sources import find_root
+
+    return set(cache.used_run_keys(find_root()))
 
 
 def _parse_pairs(items: list[str], what: str, numbers: bool = False) -> dict:
@@ -275,69 +195,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         run = find(args.run)
         result = verify(run, laws=laws, hyper=hyper, progress=not args.json)
     except (ConfigError, DataError, ValueError) as e:
-        return _fail("verify", e)
-    except KeyboardInterrupt:
+        return fail("verify", e)
+    except KeyboardInterrupt as e:
         print("lab verify: interrupted", file=sys.stderr)
-        return 130
+        return interrupted(e)
     print(json.dumps(result.as_dict(), indent=2) if args.json else format_table(result))
     return 0 if result.exact else 1
 
 
-def cmd_cluster_start(args: argparse.Namespace) -> int:
-    """Start a LocalCluster, print its address for `--cluster`, and keep it until Ctrl-C."""
-    import os
-    import time
-
-    from experiments import cluster
-
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    if workers < 1:
-        return _fail("cluster", ConfigError(f"--workers: expected at least 1, got {workers}"))
-    try:
-        local = cluster.start_local(workers, port=args.port, host=args.host)
-    except (ConfigError, OSError) as e:
-        return _fail("cluster", e)
-    import signal
-
-    def _stop(signum, frame):  # SIGTERM (kill, systemd, a batch system) stops it as cleanly as Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    with local:
-        address = local.scheduler_address
-        print(f"scheduler {address} with {workers} single-thread worker(s); Ctrl-C stops it", flush=True)
-        print(f"  lab train NAME --cluster {address}    lab render --cluster {address}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("lab cluster: stopped", file=sys.stderr)
-    return 0
-
-
-def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -> None:
-    p = subparsers.add_parser("train", help="train a preset (or every member of a sweep) into the run store")
-    p.add_argument("name", help="preset name (experiments/configs/NAME.yaml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the preset's, auto = cuda > mps > cpu)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes for a sweep (default 1)")
-    p.add_argument("--cluster", metavar="ADDRESS", default=None,
-                   help="train on a Dask cluster: a scheduler address (tcp://host:8786), local or local:N "
-                        "(N single-thread worker processes here); the store must be on a shared filesystem")
-    p.set_defaults(func=cmd_train)
-
-    # --- cluster (issue 13) ---
-    p = subparsers.add_parser("cluster", help="start a Dask cluster on this machine for --cluster")
-    csub = p.add_subparsers(dest="action", metavar="ACTION")
-    csub.required = True
-    c = csub.add_parser("start", help="a scheduler and N single-thread workers here, until Ctrl-C")
-    c.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    c.add_argument("--port", type=int, default=8786, help="scheduler port (default 8786; 0 = any free port)")
-    c.add_argument("--host", default=None, help="interface to listen on (default: localhost only)")
-    c.set_defaults(func=cmd_cluster_start)
-    # --- end cluster ---
-
+def register(subparsers) -> None:
     p = subparsers.add_parser("runs", help="list the runs in the store")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true",
@@ -370,4 +236,4 @@ def register(subparsers, used_keys: Callable[[], Iterable[str]] | None = None) -
     p.add_argument("--all", action="store_true", help="allow deleting every run when no document uses any")
     p.add_argument("--damaged", action="store_true",
                    help="delete every run file that fails its checksums (whatever uses it); they retrain")
-    p.set_defaults(func=lambda args: cmd_gc(args, used_keys))
+    p.set_defaults(func=cmd_gc)

@@ -1,15 +1,20 @@
-"""Command line for the publishing machinery: `render`, `new` and `preview`.
+"""`lab render | new | preview`: the publishing machinery (`publish`) from the command line.
 
-`register(subparsers)` adds both to an argparse parser (lab/cli.py calls it); each handler is stored as
-`func` in the parsed namespace and returns an exit code. `python -m publish` uses the same parsers.
+`render` and `preview` train the runs the plan needs before documents execute, through
+`experiments.runs.train_planned` (publish never imports experiments; this module hands it the trainer).
+Exit status: 0 ok, 1 a page failed (or the site could not be built), 2 bad input (no project here, a
+misspelt key, a malformed --cluster address, a port taken: one line, `lab <command>: error: ...`),
+130 interrupted (143 on SIGTERM, for `lab preview`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import sys
 from pathlib import Path
+
+from lab.cli import fail, interrupted, sigterm_as_interrupt
 
 
 def _positive_int(text: str) -> int:
@@ -22,54 +27,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _root(args: argparse.Namespace) -> Path:
-    from publish.sources import find_root
-
-    return find_root(args.root) if args.root else find_root()
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    from publish.render import render
-
-    try:
-        root = _root(args)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    train_runs = getattr(args, "train_runs", None)
-    if getattr(args, "cluster", None) and train_runs is not None:  # cluster (issue 13): passed through as is
-        import functools
-
-        train_runs = functools.partial(train_runs, cluster=args.cluster)
-    return render(root, args.paths or None, jobs=args.jobs, force=args.force, keep_going=args.keep_going,
-                  strict=args.strict, timeout=args.timeout, train_runs=train_runs)
-
-
-def cmd_new(args: argparse.Namespace) -> int:
-    from publish.newentry import new_entry
-
-    try:
-        root = _root(args)
-        path = new_entry(root, args.title, lore=args.lore, date=args.date, categories=tuple(args.category))
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-def cmd_preview(args: argparse.Namespace) -> int:
-    from publish.preview import preview
-
-    try:
-        root = _root(args)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return preview(root, host=args.host, port=args.port, jobs=args.jobs, timeout=args.timeout,
-                   train_runs=getattr(args, "train_runs", None))
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -80,11 +37,73 @@ def _seconds(text: str) -> float:
     return value
 
 
-def register(subparsers, train_runs=None) -> None:
-    """Add `render`, `new` and `preview` to an argparse subparsers object.
+def _root(args: argparse.Namespace) -> Path:
+    from publish.sources import find_root
 
-    `train_runs(requests, jobs)`: what `render` calls to train the planned runs before executing documents
-    (lab/cli.py passes experiments' trainer; without it, documents train what they need themselves)."""
+    return find_root(args.root) if args.root else find_root()
+
+
+def train_planned(requests: list[dict], jobs: int, cluster: str | None = None) -> dict:
+    """What `lab render` calls to train the runs its plan needs before executing documents (training is
+    experiments' job; `lab render --cluster ADDRESS` hands them to a Dask cluster)."""
+    from experiments.runs import train_planned as train
+
+    return train(requests, jobs=jobs, cluster=cluster)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from publish.render import render
+
+    train_runs = train_planned
+    if args.cluster:
+        # a malformed address fails before anything executes, not only once the plan has a run to train
+        # (with every run stored it would never be looked at)
+        from experiments.cluster import parse
+        from experiments.errors import ConfigError
+
+        try:
+            parse(args.cluster)
+        except ConfigError as e:
+            return fail("render", e)
+        train_runs = functools.partial(train_planned, cluster=args.cluster)
+    try:
+        root = _root(args)
+    except FileNotFoundError as e:
+        return fail("render", e)
+    return render(root, args.paths or None, jobs=args.jobs, force=args.force, keep_going=args.keep_going,
+                  strict=args.strict, timeout=args.timeout, train_runs=train_runs, prog="lab render")
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from publish.newentry import new_entry
+
+    try:
+        root = _root(args)
+        path = new_entry(root, args.title, lore=args.lore, date=args.date, categories=tuple(args.category))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        return fail("new", e)
+    print(path)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from publish.preview import preview
+
+    try:
+        root = _root(args)
+    except FileNotFoundError as e:
+        return fail("preview", e)
+    # `kill PID` (a terminal closed, a process manager stopping it) stops it as cleanly as Ctrl-C does:
+    # the render in progress interrupted, its kernels shut down, the server closed
+    with sigterm_as_interrupt():
+        try:
+            return preview(root, host=args.host, port=args.port, jobs=args.jobs, timeout=args.timeout,
+                           train_runs=train_planned, prog="lab preview")
+        except KeyboardInterrupt as e:  # preview said "preview: stopped"
+            return interrupted(e)
+
+
+def register(subparsers) -> None:
     p = subparsers.add_parser("render", help="execute what changed and build the site",
                               description="Execute changed documents (cached otherwise) and rebuild site/.")
     p.add_argument("paths", nargs="*", metavar="PATH",
@@ -105,7 +124,7 @@ def register(subparsers, train_runs=None) -> None:
                    help="train the planned runs on a Dask cluster (tcp://host:8786, local or local:N); "
                         "the run store must be on a filesystem the workers share")
     p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
-    p.set_defaults(func=cmd_render, train_runs=train_runs)
+    p.set_defaults(func=cmd_render)
 
     p = subparsers.add_parser("new", help="start a new log entry (or lore page)",
                               description="Create a dated log entry (or a lore page) and print its path.")
@@ -126,11 +145,4 @@ def register(subparsers, train_runs=None) -> None:
     p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="stop a chunk after this long without progress (as lab render --timeout)")
     p.add_argument("--root", help="project root (default: nearest folder with _quarto.yml)")
-    p.set_defaults(func=cmd_preview, train_runs=train_runs)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m publish", description="The lab notebook's publisher.")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    p.set_defaults(func=cmd_preview)

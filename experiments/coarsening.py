@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments import blackholes, lattice
+from experiments.bits import random_low_bits, stochastic_round
 
 JOHN_NORM = 0.370917  # L2 norm of Qwen3-4B's largest black hole (brief §1.1, §6 row 32)
 JOHN_DIM = 2560
@@ -43,30 +44,19 @@ def round_nearest(values: np.ndarray) -> np.ndarray:
 
 
 def round_stochastic(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """float32 → bf16 bits, stochastic rounding: add 16 uniform random bits to the float32 pattern, truncate.
-
-    A value a fraction f of the way from one bf16 neighbour to the next rounds up (away from zero) with
-    probability f; a value already on the bf16 lattice is returned exactly. Same trick as the training
-    loop's fp32-master-sr precision (``train._stochastic_round_``). The random bits are the generator's raw
-    64-bit output read as four 16-bit draws (reproducible for a seeded generator, 4× fewer draws).
-    """
-    u = np.array(values, dtype=np.float32, copy=True, order="C").view(np.uint32)
-    return _stochastic_inplace(u, rng)
-
-
-def _stochastic_inplace(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # u: contiguous uint32 float32 patterns, overwritten
-    n = u.size
-    noise = rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n].reshape(u.shape)
-    np.add(u, noise, out=u, casting="unsafe")
-    return np.right_shift(u, 16).astype(np.uint16)
+    """float32 → bf16 bits, stochastic rounding (`bits.stochastic_round`, the training loop's fp32-master-sr
+    rounding) with the random bits drawn from `rng` (`bits.random_low_bits`): a value a fraction f of the way
+    from one bf16 neighbour to the next rounds up (away from zero) with probability f; a value already on the
+    bf16 lattice is returned exactly."""
+    values = np.asarray(values)
+    return stochastic_round(values, random_low_bits(rng, values.shape))
 
 
 def _rounder(rounding: str, rng: np.random.Generator):
     if rounding == "nearest":
         return round_nearest
     if rounding == "stochastic":  # the drift's float32 buffer is scratch: round it in place
-        return lambda x: _stochastic_inplace(x.view(np.uint32), rng)
+        return lambda x: stochastic_round(x, random_low_bits(rng, x.shape), overwrite=True)
     raise ValueError(f"rounding must be 'nearest' or 'stochastic', not {rounding!r}")
 
 

@@ -20,8 +20,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from experiments.bits import as_values, row_cosine
 from experiments.derived import cached
 from experiments.lattice import iter_step_blocks
+from experiments.recording import step_indices
 
 
 @dataclass
@@ -54,27 +56,9 @@ class CloudTrack:
         return int(idx[0])
 
 
-def as_values(arr) -> np.ndarray:
-    """float64 values of a block: bf16 bit patterns (uint16 or ml_dtypes bfloat16) exactly, floats as they are."""
-    a = np.asarray(arr)
-    if a.dtype == np.uint16 or a.dtype.name == "bfloat16":
-        import ml_dtypes
-
-        return a.view(ml_dtypes.bfloat16).astype(np.float64)  # exact, and 7x faster than via to_float32
-    return a.astype(np.float64)
-
-
 def comoving(values: np.ndarray) -> np.ndarray:
     """Positions in the comoving frame: each step's rows minus that step's centroid ((T, N, D) → (T, N, D))."""
     return values - values.mean(axis=-2, keepdims=True)
-
-
-def _changed(arr: np.ndarray) -> np.ndarray:
-    """(T−1, N) bool: rows whose stored value changed between consecutive steps (bits, or float values)."""
-    a = np.asarray(arr)
-    if a.dtype.name == "bfloat16":
-        a = a.view(np.uint16)
-    return (a[1:] != a[:-1]).any(axis=2)
 
 
 def _row_changed(prev_raw: np.ndarray, cur_raw: np.ndarray) -> np.ndarray:
@@ -154,15 +138,6 @@ def run_cloud(run, rows=None, block: int = 128, tensor: str = "W", progress: boo
 # the centroid's path
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two (T, D) arrays; NaN where either vector is zero or not finite."""
-    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (a * b).sum(axis=-1) / (na * nb)
-    out[~((na > 0) & (nb > 0) & np.isfinite(out))] = np.nan
-    return out
-
-
 def diagonal_cosine(d: np.ndarray) -> np.ndarray:
     """cos(d, sign(d)) = ‖d‖₁ / (√D ‖d‖₂) per row of (T, D): 1 on a ±1 diagonal, ≈ √(2/π) ≈ 0.80 for a
     Gaussian direction, 1/√D along one axis; NaN for a zero step (the thrust-period sign update, seeds
@@ -216,32 +191,22 @@ def centroid_path(track: CloudTrack, h_mean: np.ndarray | None = None, steps=Non
     h_mean: (T, D) aligned with track.steps (as recorded: row t is the forward of step t, which made W[t];
     row 0 is NaN), compared with each step d_t as cos(d_t, −h_mean[t]) — the "go away" direction.
     """
-    sel = _select(track.steps, steps)
+    sel = step_indices(track.steps, steps)[0]
     c = track.centroid[sel]
     d = np.diff(c, axis=0)
     length = np.concatenate([[0.0], np.linalg.norm(d, axis=1)])
     straight = np.full(len(c), np.nan)
     if len(d) > 1:
-        straight[2:] = _cos(d[:-1], d[1:])
+        straight[2:] = row_cosine(d[:-1], d[1:])
     diag = np.concatenate([[np.nan], diagonal_cosine(d)]) if len(d) else np.full(len(c), np.nan)
     against = None
     if h_mean is not None:
         h = np.asarray(h_mean, dtype=np.float64)[sel]
         against = np.full(len(c), np.nan)
         if len(d):
-            against[1:] = _cos(d, -h[1:])
+            against[1:] = row_cosine(d, -h[1:])
     net = float(np.linalg.norm(c[-1] - c[0])) if len(c) else 0.0
     return CentroidPath(track.steps[sel], length, straight, diag, against, float(length.sum()), net)
-
-
-def _select(steps: np.ndarray, steps_sel) -> np.ndarray:
-    """Indices of the recorded steps inside a slice of step numbers (None: all)."""
-    steps = np.asarray(steps)
-    if steps_sel is None:
-        return np.arange(len(steps))
-    lo = -np.inf if steps_sel.start is None else steps_sel.start
-    hi = np.inf if steps_sel.stop is None else steps_sel.stop
-    return np.flatnonzero((steps >= lo) & (steps < hi))
 
 
 def shear_ratio(track: CloudTrack, steps=None) -> float:
@@ -250,7 +215,7 @@ def shear_ratio(track: CloudTrack, steps=None) -> float:
     a cloud that shears or diffuses). The first recorded step (no predecessor) contributes nothing."""
     if track.thermal is None:
         raise ValueError("this track has no thermal motion (build it with cloud_track / run_cloud)")
-    sel = _select(track.steps, steps)
+    sel = step_indices(track.steps, steps)[0]
     sel = sel[sel > 0]
     bulk = track.bulk[sel].sum()
     return float(track.thermal[sel].sum() / bulk) if bulk > 0 else float("inf")

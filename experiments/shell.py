@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.bits import as_values
 from experiments.derived import cached
-from experiments.geometry import _row_changed, as_values, iter_blocks, row_norms, row_selection
+from experiments.geometry import _row_changed, iter_blocks, row_norms, row_selection
 
 # ---------------------------------------------------------------------------------------------------------
 # null models and significance

@@ -50,6 +50,8 @@ HEARTBEAT = 1.0  # seconds between $LAB_PROGRESS lines while a run trains
 
 
 def store_dir() -> Path:
+    """The run store: $LAB_STORE or <repo root>/store (corpus.data_dir and publish.generated.store_dir spell
+    the same rule again: corpus is on the training path, publish never imports experiments)."""
     return Path(os.environ.get("LAB_STORE") or PACKAGE_DIR.parent / "store")
 
 

@@ -267,10 +267,6 @@ def trained_on() -> dict:
 # --- end cluster ---
 
 
-def _run_resolved(cfg: dict, progress: bool = True) -> Run:
-    return _obtain(cfg, progress)[0]
-
-
 def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:
     """(the run, seconds spent training it or waiting for another process that was; 0 if it was stored)."""
     progress = progress and not _quiet()

@@ -111,14 +111,6 @@ def post_slug(doc) -> str:
     return DATE_PREFIX.sub("", doc.slug) or doc.slug
 
 
-def log_pages(pages) -> list:
-    """Log entries, newest first (ties: by path, so the order is stable)."""
-    logs = [p for p in pages if p.doc.kind == "log"]
-    logs.sort(key=lambda p: p.doc.rel)
-    logs.sort(key=lambda p: p.doc.meta.get("date") or dt.datetime.min, reverse=True)
-    return logs
-
-
 def lore_pages(pages) -> list:
     lore = [p for p in pages if p.doc.kind == "lore"]
     return sorted(lore, key=lambda p: (p.doc.meta.get("order", 1_000_000), title_of(p).lower()))

@@ -8,19 +8,20 @@ The element-wise quantities (the bf16 layout, `ulp`, `ordinal`, conversions to a
 `experiments.bits` and are re-exported here. Infinities and NaNs (E = 255) have no lattice position: every
 function here rejects them with a ``ValueError`` that says where the first one is.
 
-Conventions for displacements (domain brief §1.2): ``ΔW = W[t] - W[t-1]`` in float32 from bf16 values, and
-``ΔW′ = ΔW / ULP(W[t-1])`` elementwise, with the ULP of the *starting* value. Within a binade ΔW′ is an
-integer; a step down into the lower binade can give a half integer. A weight leaving an exact zero divides by
-``2**-133`` and gives an enormous (possibly infinite) ΔW′ (brief §5.6); it is kept, not zeroed, because it is
-honestly a huge move and all threshold comparisons stay correct.
+Conventions for displacements (lore/lattice-scale.qmd, "Displacements in lattice units"): ``ΔW = W[t] −
+W[t-1]`` in float32 from bf16 values, and ``ΔW′ = ΔW / ULP(W[t-1])`` elementwise, with the ULP of the
+*starting* value. Within a binade ΔW′ is an integer; a step down into the lower binade can give a half
+integer (tests/lattice/test_lattice.py). A weight leaving an exact zero divides by ``2**-133`` and gives an
+enormous (possibly infinite) ΔW′ (the units pitfalls of lore/lattice-scale.qmd); it is kept, not zeroed,
+because it is honestly a huge move and all threshold comparisons stay correct.
 
-Lifecycle phases of one token over a trajectory (brief §1.4, lore naming), each boundary being the *last*
-step the hotter criterion held ("last exit", because tokens chatter across boundaries before leaving):
-Early ``‖ΔW′‖₂ > √D``; Midlife ``L∞ > 1``; Late ``L∞ ≤ 1`` but still moving (``L1 > 0``); Fimbulwinter
-``L1 = 0`` for good, i.e. every recorded step after the last motion. The box-4 notebook scheme
-(token_lifecycles) uses different cuts — Hypernova ``‖ΔW′‖₂ > 1000``, Superluminal ``> √D``, Spherical
+Lifecycle phases of one token over a trajectory (lore/lattice-lifecycle.qmd, "Phases by last exit"), each
+boundary being the *last* step the hotter criterion held ("last exit", because tokens chatter across
+boundaries before leaving): Early ``‖ΔW′‖₂ > √D``; Midlife ``L∞ > 1``; Late ``L∞ ≤ 1`` but still moving
+(``L1 > 0``); Fimbulwinter ``L1 = 0`` for good, i.e. every recorded step after the last motion. The seeds'
+notebook scheme uses different cuts — Hypernova ``‖ΔW′‖₂ > 1000``, Superluminal ``> √D``, Spherical
 ``L1 > 1``, Stumbling ``L1 ∈ {0, 1}`` — so the tracker also records the last step of ``‖ΔW′‖₂ > 1000`` and of
-``L1 > 1``; both schemes can be published side by side (brief §1.4).
+``L1 > 1``; the page publishes both schemes side by side.
 """
 
 from __future__ import annotations

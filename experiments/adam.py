@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.lattice import from_float32, to_float32
+from experiments.bits import from_float32, to_float32
 from experiments.laws import fma32, kernel  # noqa: F401  (fma32: the one fused multiply-add, used by tests)
 
 F32 = np.float32
@@ -40,17 +40,11 @@ F32 = np.float32
 # --------------------------------------------------------------------------- number formats
 
 
-# bf16 bits <-> float32: the lattice module's exact widening and round-to-nearest-even narrowing (checked
-# against torch's cast in tests/rig/test_adam.py)
+# bf16 bits <-> float32: experiments.bits' exact widening and round-to-nearest-even narrowing (checked against
+# torch's cast in tests/rig/test_adam.py), under the names the replay, log/2026-11-22-2015-laws-of-physics.qmd
+# and the tests use (the rig's stochastic rounding is `bits.stochastic_round`)
 bf16_to_f32 = to_float32
 f32_to_bf16 = from_float32
-
-
-def stochastic_round(x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """float32 → bf16 by adding 16 random low bits to the bit pattern and cutting them (the rig's rounding):
-    rounds the magnitude up with probability equal to the discarded fraction."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
-    return (((bits + np.asarray(noise, dtype=np.int64)) >> 16) & 0xFFFF).astype(np.uint16)
 
 
 # --------------------------------------------------------------------------- one step

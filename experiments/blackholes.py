@@ -1,7 +1,7 @@
 """Black holes: groups of bit-identical rows in an embedding matrix, and the lattice graph around them.
 
 A *black hole* (BH) is a row value shared bit for bit by two or more rows; a *singleton* is a value held by
-one row (domain brief §1.1). Identity is always on the stored bytes: uint16 bits for bf16, the raw block
+one row (lore/black-holes.qmd, "Definition"). Identity is always on the stored bytes: uint16 bits for bf16, the raw block
 bytes for quantized tensors, the float32 bits for float32 — never on rounded values.
 
 The census must be fast on a Qwen-size matrix (151,936 × 2,560 bf16, 778 MB) where ``np.unique(axis=0)``
@@ -9,7 +9,7 @@ takes ~16 s. Rows are hashed with two vectorised 64-bit polynomial hashes over t
 matrix-vector product, one pass over memory), the hashes are sorted, and every candidate group is verified
 bytewise against its first row, so a hash collision can cost time but can never merge different rows.
 
-The frozen-smoke pipeline (brief §4.7) then works on the bf16 lattice only: select the rows within
+The frozen-smoke pipeline (lore/frozen-smoke.qmd, where the seeds' Qwen3-4B numbers are quoted) then works on the bf16 lattice only: select the rows within
 exponent-space L∞ ≤ k of the most populated BH, take their unique vectors as graph nodes, join nodes whose
 lattice L∞ distance (sign-aware bit-pattern differences, `experiments.lattice.ordinal`) is 1, and summarise
 the components as the seeds' table. Nodes and BH labels follow first occurrence in the matrix (the seeds'
@@ -346,7 +346,7 @@ class Zones:
 
 @dataclass
 class SmokeReport:
-    """Everything the frozen-smoke pipeline computes (see the module docstring and brief §4.7)."""
+    """Everything the frozen-smoke pipeline computes (see the module docstring and lore/frozen-smoke.qmd)."""
 
     anchor_token: int
     select_k: int

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.bits import from_float32, to_float32
 from experiments.errors import DataError
-from experiments.lattice import from_float32, to_float32
 
 # tried in order when no tensor name is given: the unembedding first (what the frozen-smoke work studied)
 SAFETENSORS_NAMES = ("lm_head.weight", "model.embed_tokens.weight", "embed_tokens.weight",

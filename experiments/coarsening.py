@@ -1,6 +1,6 @@
 """The coarsening hypothesis: do black holes form *during* training as a cloud drifts onto a coarser lattice?
 
-The seeds' idea (domain brief §1.5, §4.7 items 8–11): dead tokens start near the origin, where bf16 cells
+The seeds' idea (lore/coarsening-hypothesis.qmd, which runs all three tools): dead tokens start near the origin, where bf16 cells
 are tiny and every row is distinct; the cloud then drifts outward to r ≈ 0.37, where cells are a hundred
 times wider, and rows that were close might fall into one cell and become a black hole. Three tools test it:
 
@@ -8,7 +8,8 @@ times wider, and rows that were close might fall into one cell and become a blac
   steps. Each step is computed in float32 from the current bf16 values and rounded back to bf16, either
   round-to-nearest-even (`lattice.from_float32`) or stochastically (the same bit trick as
   ``train._stochastic_round_``: add 16 uniform random bits to the float32 pattern, truncate). No row is ever
-  culled (the seeds' 03_drift_coalescence culled at a wrong rate and kept 36 rows instead of ~2,200).
+  culled (the seeds' drift simulation culled at a wrong rate and kept 36 rows instead of ~2,200; see the
+  page's introduction).
 - `sigma_sweep`: float32 noise N(0, σ) added to one bf16 vector, cast to bf16; the seeds ran it on Qwen3-4B's
   "John" vector. `john_standin` builds a vector with John's published statistics because we do not have it.
 - `shared_rows_over_time`: the black-hole census of the recorded dead rows of one of our runs at each step.
@@ -27,10 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments import blackholes, lattice
+from experiments.bits import random_low_bits, stochastic_round
 
-JOHN_NORM = 0.370917  # L2 norm of Qwen3-4B's largest black hole (brief §1.1, §6 row 32)
+JOHN_NORM = 0.370917  # L2 norm of Qwen3-4B's largest black hole, as the seeds report it (lore/coarsening-hypothesis.qmd)
 JOHN_DIM = 2560
-SEED_SIGMAS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5)  # the seeds' sigma_sweep grid (brief §4.7 item 11)
+SEED_SIGMAS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5)  # the seeds' sigma_sweep grid (lore/coarsening-hypothesis.qmd)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -43,30 +45,19 @@ def round_nearest(values: np.ndarray) -> np.ndarray:
 
 
 def round_stochastic(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """float32 → bf16 bits, stochastic rounding: add 16 uniform random bits to the float32 pattern, truncate.
-
-    A value a fraction f of the way from one bf16 neighbour to the next rounds up (away from zero) with
-    probability f; a value already on the bf16 lattice is returned exactly. Same trick as the training
-    loop's fp32-master-sr precision (``train._stochastic_round_``). The random bits are the generator's raw
-    64-bit output read as four 16-bit draws (reproducible for a seeded generator, 4× fewer draws).
-    """
-    u = np.array(values, dtype=np.float32, copy=True, order="C").view(np.uint32)
-    return _stochastic_inplace(u, rng)
-
-
-def _stochastic_inplace(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # u: contiguous uint32 float32 patterns, overwritten
-    n = u.size
-    noise = rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n].reshape(u.shape)
-    np.add(u, noise, out=u, casting="unsafe")
-    return np.right_shift(u, 16).astype(np.uint16)
+    """float32 → bf16 bits, stochastic rounding (`bits.stochastic_round`, the training loop's fp32-master-sr
+    rounding) with the random bits drawn from `rng` (`bits.random_low_bits`): a value a fraction f of the way
+    from one bf16 neighbour to the next rounds up (away from zero) with probability f; a value already on the
+    bf16 lattice is returned exactly."""
+    values = np.asarray(values)
+    return stochastic_round(values, random_low_bits(rng, values.shape))
 
 
 def _rounder(rounding: str, rng: np.random.Generator):
     if rounding == "nearest":
         return round_nearest
     if rounding == "stochastic":  # the drift's float32 buffer is scratch: round it in place
-        return lambda x: _stochastic_inplace(x.view(np.uint32), rng)
+        return lambda x: stochastic_round(x, random_low_bits(rng, x.shape), overwrite=True)
     raise ValueError(f"rounding must be 'nearest' or 'stochastic', not {rounding!r}")
 
 
@@ -240,7 +231,7 @@ def john_standin(d: int = JOHN_DIM, norm: float = JOHN_NORM, seed: int = 0, dist
     D = 2,560, cast to bf16 (nearest even). We do not have Qwen3-4B, so this is *not* John.
 
     distribution: "normal" (default) or "laplace" (more mass near zero and a heavier tail). John's published
-    statistics (brief §4.7 item 8): exponents 107–123, median 118, values −0.080…0.050. A normal vector of
+    statistics (the seeds', quoted in lore/coarsening-hypothesis.qmd): exponents 107–123, median 118, values −0.080…0.050. A normal vector of
     that norm has per-coordinate std 0.0073, median exponent 119 and smallest coordinates at exponent
     107–108; a Laplace one has median exponent 118. The finest ULPs, which decide where a noisy copy stops
     collapsing, are of the same order as John's (7.45e-9 at exponent 107) either way.
@@ -281,7 +272,8 @@ def sigma_sweep(center_bits, sigmas=SEED_SIGMAS, n: int = 2200, seed: int = 42) 
 
 def half_unique_sigma(center_bits, lo: float = 1e-10, hi: float = 1e-6, n: int = 2200, seed: int = 42,
                       iterations: int = 14) -> dict:
-    """Bisect (in log σ) the σ at which the sweep yields n/2 unique vectors (the seeds' σ_crit ≈ 2.02e-8)."""
+    """Bisect (in log σ) the σ at which the sweep yields n/2 unique vectors (the seeds' σ_crit ≈ 2.02e-8, quoted
+    in lore/coarsening-hypothesis.qmd, "How fine must the cloud be?")."""
     target = n / 2
     row = None
     for _ in range(iterations):
@@ -295,7 +287,8 @@ def half_unique_sigma(center_bits, lo: float = 1e-10, hi: float = 1e-6, n: int =
 
 
 def ulp_profile(center_bits) -> dict:
-    """Exponent and ULP statistics of one bf16 vector (the seeds' 01_john_exponents)."""
+    """Exponent and ULP statistics of one bf16 vector (the seeds' John exponent profile; lore/coarsening-hypothesis.qmd
+    compares the stand-ins' with it)."""
     c = lattice.as_bits(center_bits).reshape(-1)
     e = lattice.exponent_field(c)
     u = lattice.ulp(c)

@@ -129,12 +129,6 @@ def _imported(module: str, path: Path, imports) -> set[str]:
     return out
 
 
-def code_digests(modules) -> dict[str, str]:
-    """Normal-form digest of each of `modules` and of every package module they import, transitively
-    ("absent" for an imported name with no source file)."""
-    return {m: d for m, (d, _, _) in _code(modules).items()}
-
-
 def _code(modules) -> dict[str, tuple[str, str, tuple[int, int] | None]]:
     """module -> (digest, file, (mtime_ns, size)) over the transitive imports of `modules`."""
     todo, seen = list(modules), {}

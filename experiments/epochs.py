@@ -1,12 +1,13 @@
 """Epochs of the dead cloud, detected from its radius about the origin and from how many dead rows move.
 
-The seeds' epochs (S1/S4 and notebooks B3/1.22c, 1.23a, 1.24b): *Inhale* (a slight initial contraction,
+The seeds' epochs (lore/lifecycle.qmd; one page each: lore/the-inhale.qmd, lore/the-sneeze.qmd,
+lore/deceleration.qmd, lore/fimbulwinter.qmd): *Inhale* (a slight initial contraction,
 minimum at step 2 in every Flannel 4 run, depth ≈ 0.5%), *Sneeze* (explosive expansion up to the peak of
 dr/dt, t ≈ 24), *Deceleration* (peak → freeze), an optional *Re-expansion* (Flannel 1: "linear second growth"
 around 300–400; Flannel 7: "re-expansion at 595") and *Fimbulwinter* (the freeze), whose onset the notebooks
 defined in several ways; every definition here is reported side by side, by name.
 
-Conventions (the seeds', 1.23a): r(t) = mean ‖wᵢ‖ of the dead rows; velocity v = np.diff(r) / np.diff(steps)
+Conventions (the seeds'): r(t) = mean ‖wᵢ‖ of the dead rows; velocity v = np.diff(r) / np.diff(steps)
 smoothed by a 5-step uniform filter (scipy.ndimage.uniform_filter1d, mode "reflect"); v[i] = r[i+1] − r[i]
 is labelled with step steps[i], as argmax over the diff array reports it.
 """
@@ -34,14 +35,16 @@ def uniform_smooth(x, size: int = 5) -> np.ndarray:
 
 
 def radial_velocity(steps, r_origin, size: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, smoothed dr/dt): the forward difference per step, smoothed (1.23a); labels = steps[:-1]."""
+    """(labels, smoothed dr/dt): the forward difference per step, smoothed (the seeds' convention above);
+    labels = steps[:-1]."""
     steps, r = np.asarray(steps), np.asarray(r_origin, dtype=np.float64)
     v = np.diff(r) / np.diff(steps)
     return steps[:-1], uniform_smooth(v, size)
 
 
 def inhale(steps, r_origin, window: int = 10) -> dict | None:
-    """The initial contraction: the minimum of r over the steps ≤ first + window (1.23a "argmin over t ≤ 10").
+    """The initial contraction: the minimum of r over the steps ≤ first + window (the seeds' "argmin over t ≤ 10";
+    lore/the-inhale.qmd).
     None ("absent") when that minimum is the first step. Depth absolute r₀ − r_min and relative to r₀."""
     steps, r = np.asarray(steps), np.asarray(r_origin, dtype=np.float64)
     early = np.flatnonzero(steps <= steps[0] + window)
@@ -61,11 +64,12 @@ def peak_velocity(steps, r_origin, size: int = 5) -> tuple[int, float]:
 def freeze_onsets(steps, r_origin, moving, after: int = 100, size: int = 5, frozen: float = 0.9) -> dict:
     """Fimbulwinter onset under each named definition (None where it never happens):
 
-    - ``velocity<1%peak``: first labelled step t > `after` with smoothed dr/dt < 1% of its peak (B3/1.23a);
-    - ``90%frozen``: first step t ≥ steps[1] at which more than 90% of the rows did not change (B3/1.24b);
+    - ``velocity<1%peak``: first labelled step t > `after` with smoothed dr/dt < 1% of its peak;
+    - ``90%frozen``: first step t ≥ steps[1] at which more than 90% of the rows did not change;
     - ``90%frozen-sustained``: first step from which more than 90% stay unchanged at every later step;
-    - ``global``: first step after which no row ever moves again (B3/1.29c/1.30c); None if a row still moves
-      at the last recorded step; the first step if no row ever moved.
+    - ``global``: first step after which no row ever moves again; None if a row still moves at the last
+      recorded step; the first step if no row ever moved.
+    The seeds' notebooks used each of these (lore/fimbulwinter.qmd sets them side by side).
     `moving[t]` is the fraction of rows whose bits changed between the previous recorded step and t.
     """
     steps, moving = np.asarray(steps), np.asarray(moving, dtype=np.float64)
@@ -100,7 +104,7 @@ def re_expansion(steps, r_origin, rise: float = 0.05, size: int = 5) -> dict | N
     the step of that minimum once the velocity climbs above m + `rise`·peak (default 5% of the peak
     velocity), and ends at the first later step at which it falls back below m + `rise`·peak (or at the
     last step). Reports start, end, the velocity at the minimum and the highest velocity of the rise.
-    (Seeds: Flannel 1 "linear second growth" 300–400, S4; Flannel 7 "re-expansion at 595", B3/1.24b.)
+    (Seeds: Flannel 1 "linear second growth" 300–400; Flannel 7 "re-expansion at 595"; lore/deceleration.qmd.)
     """
     labels, v = radial_velocity(steps, r_origin, size)
     if v.size == 0:
@@ -131,7 +135,7 @@ class Epochs:
     peak_step: int
     peak_velocity: float
     sneeze: tuple[int, int]  # inhale minimum (or first step) → peak velocity
-    deceleration: tuple[int, int | None]  # peak velocity → freeze onset (the "90%frozen" definition, B3/1.24b)
+    deceleration: tuple[int, int | None]  # peak velocity → freeze onset (the "90%frozen" definition)
     re_expansion: dict | None
     fimbulwinter: dict = field(default_factory=dict)  # definition name → onset step
 

@@ -1,6 +1,6 @@
 """Black-hole genesis: do dead rows of a training run coalesce into bit-identical rows, when, and why.
 
-The mechanism under test (issue 14, genesis notes §2.3): with fp32 master weights, AdamW's decoupled weight
+The mechanism under test (lore/black-hole-genesis.qmd, "The prediction"): with fp32 master weights, AdamW's decoupled weight
 decay multiplies every dead row by (1 − η_t·λ) each step, while all dead rows receive nearly the same Adam
 step u_t (their gradients are proportional: p_i·h̄, and Adam's m/√v ignores a common scale). Writing a dead
 row as common part plus its own offset, x_i = c + d_i, the offset shrinks by the decay alone,
@@ -31,8 +31,10 @@ import numpy as np
 from experiments import blackholes, lattice
 from experiments.derived import cached
 
-# Published recipes, quoted from the genesis notes §3 (tags there: V = read in the source, S = secondary,
-# R = recalled). Only their schedules enter the code; the budgets are computed by `budget`.
+# Published recipes, as the project's genesis notes quote them (tags: V = read in the source, S = secondary,
+# R = recalled); lore/black-hole-genesis.qmd ("How much budget real recipes spend") tabulates them. Sources:
+# Pythia https://arxiv.org/abs/2304.01373 (its configs), Llama 3 https://arxiv.org/abs/2407.21783 (Table 3).
+# Only their schedules enter the code; the budgets are computed by `budget`.
 RECIPES = (
     {"model": "Pythia-70M", "tied": False, "lr": 1e-3, "min_lr_ratio": 0.1, "schedule": "cosine",
      "warmup": 1430, "steps": 143_000, "weight_decay": 0.1, "source": "V: pythia-70m.yml"},
@@ -235,8 +237,8 @@ def pure_decay_track(run, block: int = 64) -> PureDecay:
 def predicted_onset(run, at_step: int | None = None) -> float:
     """The budget S at which the first pair of rows should share a cell under pure decay, from the initial
     offsets alone: min over pairs of max_k ln(|Δ_ijk(0)| / (cell(c_k)/2)), with the cells of the common part
-    c at `at_step` (default: the last recorded step, where the drive has carried it) — the genesis notes'
-    S ≈ ln(d0 / (cell/2)), per pair and coordinate. Exact over all pairs (≤ 4,096 rows)."""
+    c at `at_step` (default: the last recorded step, where the drive has carried it) — the estimate
+    S ≈ ln(d0 / (cell/2)) of lore/black-hole-genesis.qmd, per pair and coordinate. Exact over all pairs (≤ 4,096 rows)."""
     tensor = source_tensor(run)
     x0 = _values(run, tensor, int(run.steps[0])).astype(np.float64)
     if x0.shape[0] > 4096:

@@ -1,7 +1,7 @@
 """Geometry of a token cloud over time: its centroid, its radii, how far and how many rows move per step.
 
 Two radii, never to be confused (the seeds once read one as the other and concluded a run was
-irreproducible): r_origin = mean ‖wᵢ‖, the distance of rows from the origin, and r_centroid = mean ‖wᵢ − c‖,
+irreproducible; lore/origin-or-centroid.qmd tells the story): r_origin = mean ‖wᵢ‖, the distance of rows from the origin, and r_centroid = mean ‖wᵢ − c‖,
 the spread of the cloud about its own centroid c. A cloud that drifts as one body grows r_origin and leaves
 r_centroid unchanged.
 
@@ -9,8 +9,9 @@ Arithmetic in float64 from the exact bf16 values; recordings are streamed in blo
 does not grow with the length of the run. Recordings of fp32 runs (float32 tensors) are accepted as they are.
 
 Beyond the radii: the centroid's path (length, efficiency, straightness, direction against the ±1 diagonal
-and against −h_mean; seeds B4/exploration/centroid_dynamics, crucible_3/h_mean_persistence), bulk vs thermal
-motion in the comoving frame (B3/1.30f, 1.31i) and liftoff (B4/exploration/crucible_3/h_mean_persistence).
+and against −h_mean), bulk vs thermal motion in the comoving frame and liftoff. lore/origin-or-centroid.qmd
+and lore/the-sneeze.qmd compare them with the seeds' numbers; tests/geometry/test_cloud_analyses.py checks
+them on clouds with known answers.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from experiments.bits import as_values, row_cosine
 from experiments.derived import cached
 from experiments.lattice import iter_step_blocks
+from experiments.recording import step_indices
 
 
 @dataclass
@@ -54,27 +57,9 @@ class CloudTrack:
         return int(idx[0])
 
 
-def as_values(arr) -> np.ndarray:
-    """float64 values of a block: bf16 bit patterns (uint16 or ml_dtypes bfloat16) exactly, floats as they are."""
-    a = np.asarray(arr)
-    if a.dtype == np.uint16 or a.dtype.name == "bfloat16":
-        import ml_dtypes
-
-        return a.view(ml_dtypes.bfloat16).astype(np.float64)  # exact, and 7x faster than via to_float32
-    return a.astype(np.float64)
-
-
 def comoving(values: np.ndarray) -> np.ndarray:
     """Positions in the comoving frame: each step's rows minus that step's centroid ((T, N, D) → (T, N, D))."""
     return values - values.mean(axis=-2, keepdims=True)
-
-
-def _changed(arr: np.ndarray) -> np.ndarray:
-    """(T−1, N) bool: rows whose stored value changed between consecutive steps (bits, or float values)."""
-    a = np.asarray(arr)
-    if a.dtype.name == "bfloat16":
-        a = a.view(np.uint16)
-    return (a[1:] != a[:-1]).any(axis=2)
 
 
 def _row_changed(prev_raw: np.ndarray, cur_raw: np.ndarray) -> np.ndarray:
@@ -154,19 +139,10 @@ def run_cloud(run, rows=None, block: int = 128, tensor: str = "W", progress: boo
 # the centroid's path
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two (T, D) arrays; NaN where either vector is zero or not finite."""
-    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (a * b).sum(axis=-1) / (na * nb)
-    out[~((na > 0) & (nb > 0) & np.isfinite(out))] = np.nan
-    return out
-
-
 def diagonal_cosine(d: np.ndarray) -> np.ndarray:
     """cos(d, sign(d)) = ‖d‖₁ / (√D ‖d‖₂) per row of (T, D): 1 on a ±1 diagonal, ≈ √(2/π) ≈ 0.80 for a
-    Gaussian direction, 1/√D along one axis; NaN for a zero step (the thrust-period sign update, seeds
-    B4/exploration/thrust_period)."""
+    Gaussian direction, 1/√D along one axis; NaN for a zero step (the thrust-period sign update,
+    lore/step-one.qmd)."""
     d = np.atleast_2d(np.asarray(d, dtype=np.float64))
     n2 = np.linalg.norm(d, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -177,8 +153,8 @@ def diagonal_cosine(d: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CentroidPath:
-    """The centroid's walk over a track (seeds: B4/exploration/centroid_dynamics; Crucible 2 reported
-    0.002889 → 0.635706, efficiency 0.8364, consecutive cos 0.9881).
+    """The centroid's walk over a track (the seeds' Crucible 2 reported 0.002889 → 0.635706, efficiency
+    0.8364, consecutive cos 0.9881; lore/origin-or-centroid.qmd compares).
 
     Per-step arrays have length T and are aligned with `steps`: entry t describes the step d_t = C_t − C_{t−1}
     (NaN at the first step and wherever it is undefined).
@@ -216,41 +192,31 @@ def centroid_path(track: CloudTrack, h_mean: np.ndarray | None = None, steps=Non
     h_mean: (T, D) aligned with track.steps (as recorded: row t is the forward of step t, which made W[t];
     row 0 is NaN), compared with each step d_t as cos(d_t, −h_mean[t]) — the "go away" direction.
     """
-    sel = _select(track.steps, steps)
+    sel = step_indices(track.steps, steps)[0]
     c = track.centroid[sel]
     d = np.diff(c, axis=0)
     length = np.concatenate([[0.0], np.linalg.norm(d, axis=1)])
     straight = np.full(len(c), np.nan)
     if len(d) > 1:
-        straight[2:] = _cos(d[:-1], d[1:])
+        straight[2:] = row_cosine(d[:-1], d[1:])
     diag = np.concatenate([[np.nan], diagonal_cosine(d)]) if len(d) else np.full(len(c), np.nan)
     against = None
     if h_mean is not None:
         h = np.asarray(h_mean, dtype=np.float64)[sel]
         against = np.full(len(c), np.nan)
         if len(d):
-            against[1:] = _cos(d, -h[1:])
+            against[1:] = row_cosine(d, -h[1:])
     net = float(np.linalg.norm(c[-1] - c[0])) if len(c) else 0.0
     return CentroidPath(track.steps[sel], length, straight, diag, against, float(length.sum()), net)
 
 
-def _select(steps: np.ndarray, steps_sel) -> np.ndarray:
-    """Indices of the recorded steps inside a slice of step numbers (None: all)."""
-    steps = np.asarray(steps)
-    if steps_sel is None:
-        return np.arange(len(steps))
-    lo = -np.inf if steps_sel.start is None else steps_sel.start
-    hi = np.inf if steps_sel.stop is None else steps_sel.stop
-    return np.flatnonzero((steps >= lo) & (steps < hi))
-
-
 def shear_ratio(track: CloudTrack, steps=None) -> float:
     """Thermal / bulk motion over the steps in `steps` (a slice of step numbers, default all): Σ mean‖ΔWᵢ − ΔC‖
-    / Σ ‖ΔC‖, i.e. the ratio of the two mean motions (B3/1.31i: 0.13 in t = 0–100, a coherent cloud; ≫ 1 is
-    a cloud that shears or diffuses). The first recorded step (no predecessor) contributes nothing."""
+    / Σ ‖ΔC‖, i.e. the ratio of the two mean motions (the seeds' Thimble 7: 0.13 in t = 0–100, a coherent
+    cloud, see lore/the-sneeze.qmd; ≫ 1 is a cloud that shears or diffuses). The first recorded step (no predecessor) contributes nothing."""
     if track.thermal is None:
         raise ValueError("this track has no thermal motion (build it with cloud_track / run_cloud)")
-    sel = _select(track.steps, steps)
+    sel = step_indices(track.steps, steps)[0]
     sel = sel[sel > 0]
     bulk = track.bulk[sel].sum()
     return float(track.thermal[sel].sum() / bulk) if bulk > 0 else float("inf")
@@ -269,7 +235,7 @@ def shear_per_step(track: CloudTrack) -> np.ndarray:
 def liftoff(track: CloudTrack) -> int | None:
     """First recorded step at which the origin lies outside the population's bounding sphere (centre = the
     centroid, radius = the largest distance of any member from it): ‖C‖ > max ‖wᵢ − C‖. None if never
-    (B4/exploration/crucible_3/h_mean_persistence: dead step 31, live never)."""
+    (the seeds' Crucible 3: dead step 31, live never; lore/origin-or-centroid.qmd)."""
     if track.r_max_centroid is None:
         raise ValueError("this track has no bounding radius (build it with cloud_track / run_cloud)")
     out = np.flatnonzero(track.centroid_norm > track.r_max_centroid)

@@ -4,24 +4,24 @@ Every function takes bf16 data as ``uint16`` bit patterns (or ``ml_dtypes.bfloat
 as their bits), because the bits are the ground truth: converting to float first would hide which lattice
 cell a value occupies.
 
-bf16 layout: 1 sign bit, 8 exponent bits (bias 127), 7 mantissa bits. For a raw exponent field E the spacing
-of representable values in that binade is ``ULP = 2**(E - 134)`` (134 = 127 + 7); zero and subnormals
-(E = 0) share the spacing of the first normal binade, ``2**-133``. Infinities and NaNs (E = 255) have no
-lattice position: every function here rejects them with a ``ValueError`` that says where the first one is.
+The element-wise quantities (the bf16 layout, `ulp`, `ordinal`, conversions to and from float32) live in
+`experiments.bits` and are re-exported here. Infinities and NaNs (E = 255) have no lattice position: every
+function here rejects them with a ``ValueError`` that says where the first one is.
 
-Conventions for displacements (domain brief §1.2): ``ΔW = W[t] - W[t-1]`` in float32 from bf16 values, and
-``ΔW′ = ΔW / ULP(W[t-1])`` elementwise, with the ULP of the *starting* value. Within a binade ΔW′ is an
-integer; a step down into the lower binade can give a half integer. A weight leaving an exact zero divides by
-``2**-133`` and gives an enormous (possibly infinite) ΔW′ (brief §5.6); it is kept, not zeroed, because it is
-honestly a huge move and all threshold comparisons stay correct.
+Conventions for displacements (lore/lattice-scale.qmd, "Displacements in lattice units"): ``ΔW = W[t] −
+W[t-1]`` in float32 from bf16 values, and ``ΔW′ = ΔW / ULP(W[t-1])`` elementwise, with the ULP of the
+*starting* value. Within a binade ΔW′ is an integer; a step down into the lower binade can give a half
+integer (tests/lattice/test_lattice.py). A weight leaving an exact zero divides by ``2**-133`` and gives an
+enormous (possibly infinite) ΔW′ (the units pitfalls of lore/lattice-scale.qmd); it is kept, not zeroed,
+because it is honestly a huge move and all threshold comparisons stay correct.
 
-Lifecycle phases of one token over a trajectory (brief §1.4, lore naming), each boundary being the *last*
-step the hotter criterion held ("last exit", because tokens chatter across boundaries before leaving):
-Early ``‖ΔW′‖₂ > √D``; Midlife ``L∞ > 1``; Late ``L∞ ≤ 1`` but still moving (``L1 > 0``); Fimbulwinter
-``L1 = 0`` for good, i.e. every recorded step after the last motion. The box-4 notebook scheme
-(token_lifecycles) uses different cuts — Hypernova ``‖ΔW′‖₂ > 1000``, Superluminal ``> √D``, Spherical
+Lifecycle phases of one token over a trajectory (lore/lattice-lifecycle.qmd, "Phases by last exit"), each
+boundary being the *last* step the hotter criterion held ("last exit", because tokens chatter across
+boundaries before leaving): Early ``‖ΔW′‖₂ > √D``; Midlife ``L∞ > 1``; Late ``L∞ ≤ 1`` but still moving
+(``L1 > 0``); Fimbulwinter ``L1 = 0`` for good, i.e. every recorded step after the last motion. The seeds'
+notebook scheme uses different cuts — Hypernova ``‖ΔW′‖₂ > 1000``, Superluminal ``> √D``, Spherical
 ``L1 > 1``, Stumbling ``L1 ∈ {0, 1}`` — so the tracker also records the last step of ``‖ΔW′‖₂ > 1000`` and of
-``L1 > 1``; both schemes can be published side by side (brief §1.4).
+``L1 > 1``; the page publishes both schemes side by side.
 """
 
 from __future__ import annotations
@@ -31,11 +31,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-EXPONENT_BIAS = 127
-MANTISSA_BITS = 7
-_ULP_OFFSET = EXPONENT_BIAS + MANTISSA_BITS  # 134
-_SIGN = np.uint16(0x8000)
-_MAGNITUDE = np.uint16(0x7FFF)
+# the element-wise bf16 quantities live in experiments.bits; re-exported here, where pages and tests use them
+from experiments.bits import (  # noqa: F401
+    EXPONENT_BIAS,
+    MANTISSA_BITS,
+    as_bits,
+    check_finite,
+    exponent_field,
+    from_float32,
+    ordinal,
+    to_float32,
+    ulp,
+)
 
 PHASES = ("Early", "Midlife", "Late", "Fimbulwinter")
 HYPERNOVA = 1000.0  # ‖ΔW′‖₂ cut of the notebook scheme's hottest phase
@@ -43,52 +50,6 @@ HYPERNOVA = 1000.0  # ‖ΔW′‖₂ cut of the notebook scheme's hottest phase
 
 # ---------------------------------------------------------------------------------------------------------
 # element-wise lattice quantities
-
-
-def as_bits(x) -> np.ndarray:
-    """Return bf16 data as a uint16 bit-pattern array (a view when possible, never a rounding)."""
-    a = np.asarray(x)
-    if a.dtype == np.uint16:
-        return a
-    if a.dtype.name == "bfloat16":
-        return a.view(np.uint16)
-    raise TypeError(f"expected uint16 bf16 bit patterns or an ml_dtypes.bfloat16 array, got dtype {a.dtype}")
-
-
-def exponent_field(bits) -> np.ndarray:
-    """Raw 8-bit exponent field E of each element (int16, so differences never wrap)."""
-    return ((as_bits(bits) >> 7) & 0xFF).astype(np.int16)
-
-
-def check_finite(bits, what: str = "bf16 data") -> None:
-    """Raise ValueError if any element is inf or NaN (exponent field 255): they have no lattice cell."""
-    b = as_bits(bits)
-    bad = (b & 0x7F80) == 0x7F80
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{what}: {int(bad.sum())} inf/NaN element(s), first at index {first}; "
-                         "they have no bf16 lattice position")
-
-
-def to_float32(bits) -> np.ndarray:
-    """Exact float32 values of bf16 bit patterns (bf16 is the top half of a float32)."""
-    b = as_bits(bits)
-    return (b.astype(np.uint32) << 16).view(np.float32)
-
-
-def from_float32(values) -> np.ndarray:
-    """Round float32 values to bf16 (round to nearest even) and return the uint16 bits."""
-    import ml_dtypes
-
-    return np.asarray(values, dtype=np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
-
-
-def ulp(bits) -> np.ndarray:
-    """Per-element bf16 ULP = 2**(E − 134) as float32; E = 0 (zero, subnormal) uses 2**−133."""
-    check_finite(bits)
-    e = exponent_field(bits)
-    e = np.maximum(e, 1)
-    return np.ldexp(np.float32(1.0), (e - _ULP_OFFSET).astype(np.int32)).astype(np.float32)
 
 
 def lattice_coordinates(bits) -> np.ndarray:
@@ -101,26 +62,12 @@ def lattice_coordinates(bits) -> np.ndarray:
     return to_float32(bits).astype(np.float64) / ulp(bits).astype(np.float64)
 
 
-def ordinal(bits) -> np.ndarray:
-    """Sign-aware integer position of each bf16 value on the bf16 number line (int32).
-
-    ``+magnitude`` for positive values and ``−magnitude`` for negative ones, where magnitude is the 15-bit
-    pattern without the sign. Between same-sign values this is the uint16 bit-pattern difference (the
-    seeds' adjacency), and it is correct across binades since bf16 bit patterns are monotone in value.
-    Across zero it counts the steps through zero; +0 and −0 are the same lattice point (ordinal 0).
-    """
-    check_finite(bits)
-    b = as_bits(bits)
-    mag = (b & _MAGNITUDE).astype(np.int32)
-    return np.where(b & _SIGN, -mag, mag).astype(np.int32)
-
-
 def lattice_distance(a, b, norm: str = "linf", axis: int = -1) -> np.ndarray:
     """Lattice distance between bf16 vectors (cells along each axis, via `ordinal`), reduced over `axis`.
 
     norm: "linf" (max cells along any axis; 1 = adjacent cell), "l1" (total cells), "l2".
     """
-    d = np.abs(ordinal(a).astype(np.int64) - ordinal(b).astype(np.int64))
+    d = np.abs(ordinal(as_bits(a)).astype(np.int64) - ordinal(as_bits(b)).astype(np.int64))  # bf16 only
     if norm == "linf":
         return d.max(axis=axis)
     if norm == "l1":

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.lattice import from_float32, to_float32
+from experiments.bits import from_float32, to_float32
 
 F32 = np.float32
 IMPLS = ("single", "foreach", "fused")

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from experiments.bits import as_bf16
 from experiments.errors import DamagedRunError, DataError
 from experiments.record import DIGEST_ATTR, STEP_TENSORS, h5_reason
 
@@ -147,10 +148,30 @@ def _sha256(ds: h5py.Dataset) -> str:
     return h.hexdigest()
 
 
-def _as_bf16(bits: np.ndarray) -> np.ndarray:
-    import ml_dtypes
+def step_indices(recorded: np.ndarray, steps, where: str = "") -> tuple[np.ndarray, bool]:
+    """Indices into `recorded` (increasing step numbers) of a selection of step numbers, and a scalar flag.
 
-    return bits.view(ml_dtypes.bfloat16)
+    steps: None (all), a slice of step numbers (slice(1, 101): 1 ≤ step < 101, any recorded step in it; its
+    step strides over the recorded steps), an int or a list of step numbers (each must be recorded: KeyError
+    otherwise; `where` names the file in the message). The scalar flag is True for an int.
+    """
+    recorded = np.asarray(recorded)
+    if steps is None:
+        return np.arange(len(recorded)), False
+    if isinstance(steps, slice):
+        lo = -np.inf if steps.start is None else steps.start
+        hi = np.inf if steps.stop is None else steps.stop
+        idx = np.flatnonzero((recorded >= lo) & (recorded < hi))
+        return idx[:: steps.step or 1], False
+    scalar = np.ndim(steps) == 0
+    wanted = np.atleast_1d(np.asarray(steps, dtype=np.int64))
+    idx = np.searchsorted(recorded, wanted)
+    bad = (idx >= len(recorded)) | (recorded[np.minimum(idx, len(recorded) - 1)] != wanted)
+    if bad.any():
+        span = f"{len(recorded)} steps from {recorded[0]} to {recorded[-1]}" if len(recorded) else "no steps"
+        raise KeyError(f"{where + ': ' if where else ''}steps {wanted[bad][:10].tolist()} were not recorded "
+                       f"(recorded: {span})")
+    return idx, scalar
 
 
 class Run:
@@ -242,21 +263,7 @@ class Run:
 
     def _step_index(self, steps) -> tuple[np.ndarray, bool]:
         """Step numbers (int, slice of step numbers, list or None) -> indices into /steps; scalar flag."""
-        if steps is None:
-            return np.arange(len(self.steps)), False
-        if isinstance(steps, slice):
-            lo = -np.inf if steps.start is None else steps.start
-            hi = np.inf if steps.stop is None else steps.stop
-            idx = np.nonzero((self.steps >= lo) & (self.steps < hi))[0]
-            return idx[:: steps.step or 1], False
-        scalar = np.ndim(steps) == 0
-        wanted = np.atleast_1d(np.asarray(steps, dtype=np.int64))
-        idx = np.searchsorted(self.steps, wanted)
-        bad = (idx >= len(self.steps)) | (self.steps[np.minimum(idx, len(self.steps) - 1)] != wanted)
-        if bad.any():
-            raise KeyError(f"{self.path}: steps {wanted[bad][:10].tolist()} were not recorded "
-                           f"(recorded: {len(self.steps)} steps from {self.steps[0]} to {self.steps[-1]})")
-        return idx, scalar
+        return step_indices(self.steps, steps, where=str(self.path))
 
     def _row_index(self, rows) -> tuple[np.ndarray | None, bool]:
         if rows is None:
@@ -295,7 +302,7 @@ class Run:
         if r_scalar:
             data = data[..., 0, :] if not s_scalar else data[0]
         if dtype == "bfloat16" and kind != "bits":
-            data = _as_bf16(data)
+            data = as_bf16(data)
             if kind == "torch":
                 import torch
 

@@ -51,6 +51,8 @@ HEARTBEAT = 1.0  # seconds between $LAB_PROGRESS lines while a run trains
 
 
 def store_dir() -> Path:
+    """The run store: $LAB_STORE or <repo root>/store (corpus.data_dir and publish.generated.store_dir spell
+    the same rule again: corpus is on the training path, publish never imports experiments)."""
     return Path(os.environ.get("LAB_STORE") or PACKAGE_DIR.parent / "store")
 
 
@@ -264,10 +266,6 @@ def trained_on() -> dict:
             "torch": torch.__version__, "torch_git": getattr(torch.version, "git_version", None),
             "cuda": torch.version.cuda, "platform": platform.platform()}
 # --- end cluster ---
-
-
-def _run_resolved(cfg: dict, progress: bool = True) -> Run:
-    return _obtain(cfg, progress)[0]
 
 
 def _obtain(cfg: dict, progress: bool = True) -> tuple[Run, float]:

@@ -1,18 +1,18 @@
-"""On the shell: how each row's step splits into radial and tangential motion (seeds B3/1.22a–c, Flannel 1).
+"""On the shell: how each row's step splits into radial and tangential motion (lore/random-walk-on-the-shell.qmd).
 
 For a row at w_{t−1} that steps by Δw = w_t − w_{t−1}, with r̂ = w_{t−1}/‖w_{t−1}‖ (the position *before* the
 step):
 
-- radial part Δw·r̂, tangential part ‖Δw − (Δw·r̂) r̂‖, signed radial fraction f = Δw·r̂ / ‖Δw‖ (1.22a);
-- Δr = ‖w_t‖ − ‖w_{t−1}‖, whose sign classifies the step as outward, inward or zero (1.22b).
+- radial part Δw·r̂, tangential part ‖Δw − (Δw·r̂) r̂‖, signed radial fraction f = Δw·r̂ / ‖Δw‖;
+- Δr = ‖w_t‖ − ‖w_{t−1}‖, whose sign classifies the step as outward, inward or zero.
 
 Two frames: about the origin (positions w), and about the centroid (comoving positions p = w − C, steps
 Δp = Δw − ΔC, r̂ from p_{t−1}). Rows whose stored bits did not change are left out of the fractions f (a zero
 step has no direction) and counted as "zero" in the outward/inward/zero shares; in the centroid frame the
 fractions use the rows with Δp ≠ 0. `mean_abs_f_incl_zero` averages over every (row, step) with f = 0 for the
-rows that did not move, as the seeds' 1.22a did (its median f was 0), for comparison with their numbers.
+rows that did not move, as the seeds did (their median f was 0), for comparison with their numbers.
 
-Seeds on Flannel 1 (3,699 dead rows × 1,000 steps): mean f 0.1397, mean |f| 0.1402 ⇒ 14% radial / 86%
+Seeds on Flannel 1 (3,699 dead rows × 1,000 steps; the page's tables quote them beside ours): mean f 0.1397, mean |f| 0.1402 ⇒ 14% radial / 86%
 tangential; outward 36.86%, inward 0.33%, zero 62.81% (111.5:1); Pythagoras E[Δr] ≈ ‖Δw⊥‖²/(2r) predicts
 2.79e-7 per step against 3.54e-4 observed; per-token outward counts mean 368.6/1000, variance 6,882.
 
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.bits import as_values
 from experiments.derived import cached
-from experiments.geometry import _row_changed, as_values, iter_blocks, row_norms, row_selection
+from experiments.geometry import _row_changed, iter_blocks, row_norms, row_selection
 
 # ---------------------------------------------------------------------------------------------------------
 # null models and significance
@@ -78,7 +79,8 @@ def sign_test(k_out: int, k_in: int) -> dict:
 
 
 def dispersion(counts, trials: int) -> dict:
-    """Over-dispersion of per-token event counts out of `trials` steps (1.22c "hot and cold tokens").
+    """Over-dispersion of per-token event counts out of `trials` steps ("Hot and cold tokens" in
+    lore/random-walk-on-the-shell.qmd).
 
     If every token had the same per-step probability p = mean/trials, independently, counts would be
     Binomial(trials, p): variance trials·p(1−p) (index 1). `poisson_index` = variance / mean as the seeds
@@ -168,7 +170,7 @@ class FrameMotion:
             "frame": self.frame, "pairs": self.pairs, "moved": self.n_moved,
             "mean_f": self.sum_f / n, "mean_abs_f": mean_abs, "mean_f2": self.sum_f2 / n,
             "radial_share": mean_abs, "tangential_share": 1 - mean_abs,
-            # the seeds' 1.22a averaged f over every (row, step) with f = 0 for a row that did not move
+            # the seeds averaged f over every (row, step) with f = 0 for a row that did not move
             # (their median f was 0): comparable with their 0.1397 / 0.1402
             "mean_f_incl_zero": self.sum_f / max(self.pairs, 1),
             "mean_abs_f_incl_zero": self.sum_abs_f / max(self.pairs, 1),

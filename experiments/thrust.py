@@ -15,15 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from experiments import adam
+from experiments.bits import row_cosine
 from experiments.errors import DataError
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of (N, D) arrays (float64); rows of zeros give 0."""
-    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = (a * b).sum(axis=-1) / (na * nb)
-    return np.nan_to_num(c)
 
 
 @dataclass
@@ -33,7 +26,7 @@ class StepOne:
     tokens: np.ndarray
     dead: np.ndarray  # bool
     step: np.ndarray  # ‖W[1] − W[0]‖₂
-    cos_sign: np.ndarray  # cos(ΔW, −sign(g))
+    cos_sign: np.ndarray  # cos(ΔW, −sign(g)); the three cosines are 0 where undefined (a zero row), not NaN
     cos_grad: np.ndarray  # cos(ΔW, −g)
     predicted_cos_grad: np.ndarray  # ‖g‖₁ / (√D ‖g‖₂): the cosine a pure sign step would have with −g
     cos_h_mean: np.ndarray  # cos(g, h_mean[1])
@@ -57,6 +50,10 @@ def step_one(run) -> StepOne:
     with np.errstate(invalid="ignore", divide="ignore"):
         predicted = np.nan_to_num(np.abs(g).sum(-1) / (np.sqrt(D) * np.linalg.norm(g, axis=-1)))
     lr = float(run.lr[0])
+
+    def _cos(a, b):  # an undefined cosine (a row that did not move, a zero gradient) counts as 0, not NaN:
+        return row_cosine(a, b, undefined=0.0)  # lore/step-one.qmd's table takes plain means of these columns
+
     return StepOne(tokens=np.asarray(run.tokens), dead=np.asarray(run.dead)[run.tokens],
                    step=np.linalg.norm(dw, axis=-1), cos_sign=_cos(dw, -np.sign(g)), cos_grad=_cos(dw, -g),
                    predicted_cos_grad=predicted, cos_h_mean=_cos(g, np.broadcast_to(h, g.shape)),

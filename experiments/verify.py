@@ -20,6 +20,8 @@ import numpy as np
 
 from experiments import adam
 from experiments import laws as kernel_laws
+from experiments.bits import ordinal, stochastic_round
+from experiments.config import PRECISIONS
 from experiments.errors import DataError
 
 TENSORS = ("W", "m", "v")
@@ -66,18 +68,8 @@ class Verification:
                 "table": [m.__dict__ for m in self.table], "explanation": self.explanation}
 
 
-def _ordinal(x: np.ndarray, bf16: bool) -> np.ndarray:
-    """Position on the number line (monotone in value, ±0 equal), so differences count representable steps."""
-    if bf16:
-        b = np.asarray(x, dtype=np.uint16).astype(np.int64)
-        mag = b & 0x7FFF
-        return np.where(b & 0x8000, -mag, mag)
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.int64)
-    mag = u & 0x7FFFFFFF
-    return np.where(u & 0x80000000, -mag, mag)
-
-
-MASTER = ("fp32-master-rne", "fp32-master-sr")
+# the precisions with fp32 master weights, spelled as config.py and train.py test them (startswith)
+MASTER = tuple(p for p in PRECISIONS if p.startswith("fp32-master"))
 
 
 def variant_of(run) -> str:
@@ -90,7 +82,7 @@ def variant_of(run) -> str:
     if dtype in MASTER and "master" not in run.available:
         raise DataError(f"{run.path.name}: precision {dtype}: the fp32 master weights are not recorded "
                         "(add master to record.tensors), so the optimizer's W[t−1] is unknown")
-    if dtype not in ("bf16", "fp32", *MASTER):
+    if dtype not in PRECISIONS:
         raise DataError(f"{run.path.name}: precision {dtype} is not replayable")
     return dtype
 
@@ -229,7 +221,7 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
                 got = {theta: out.W, "m": out.m, "v": out.v}
                 if master:  # the bf16 model weights are written from the master copy
                     got["W"] = (adam.f32_to_bf16(out.W) if noise is None
-                                else adam.stochastic_round(out.W, noise.at(t)))
+                                else stochastic_round(out.W, noise.at(t)))
                 bad = [name for name in names if _tally(table[name], got[name], cur[name][j], t, bf16_of(name))]
                 if bad and not explanation:
                     inputs = (prev[theta][j], prev["m"][j], prev["v"][j], g, t, hp, float(clip[t - 1]))
@@ -241,13 +233,19 @@ def verify(run, laws: dict | None = None, block: int = 32, progress: bool = Fals
                         impl=impl, source=source, notes=notes, explanation=explanation)
 
 
+def _ordinal(x: np.ndarray) -> np.ndarray:
+    """Position on the number line (`bits.ordinal`, int64; inf and NaN allowed: the data may be damaged), so
+    differences count representable steps; bf16 tensors arrive as uint16 bits, fp32 ones as float32."""
+    return ordinal(x, check=False).astype(np.int64)
+
+
 TERMS = {"lerp": "first moment", "beta2": "second moment (β₂·v)", "addcmul": "second moment ((1 − β₂)·g²)",
          "sqrt": "denominator (√v)", "bias2": "denominator (bias correction)", "eps": "denominator (+ ε)",
          "decay": "decay", "addcdiv": "step (θ + step·m / d)", "step": "fused step"}
 
 
-def _distance(got, want, bf16: bool) -> np.ndarray:
-    return np.abs(_ordinal(got, bf16) - _ordinal(want, bf16))
+def _distance(got, want) -> np.ndarray:
+    return np.abs(_ordinal(got) - _ordinal(want))
 
 
 def explain(inputs, want: dict, replayed: dict, bad: list[str], bf16: bool, impl: str, law: dict,
@@ -256,7 +254,7 @@ def explain(inputs, want: dict, replayed: dict, bad: list[str], bf16: bool, impl
     alone (from the recorded moments) differs, and which single kernel's other law would reproduce it.
     `replayed` is the step as the replay computed it (tensor name -> array), `want` as it was recorded."""
     W, m, v, g, t, hp, clip = inputs
-    dist = {k: _distance(replayed[k], want[k], bf16) for k in want}
+    dist = {k: _distance(replayed[k], want[k]) for k in want}
     lines = []
     for name in bad:
         if name not in want:  # the bf16 W of a master run follows its master copy
@@ -280,7 +278,7 @@ def explain(inputs, want: dict, replayed: dict, bad: list[str], bf16: bool, impl
                 except (ValueError, RuntimeError):
                     continue
                 got = {theta: out.W, "m": out.m, "v": out.v}
-                if all(np.array_equal(_ordinal(got[k], bf16), _ordinal(want[k], bf16)) for k in want):
+                if all(np.array_equal(_ordinal(got[k]), _ordinal(want[k])) for k in want):
                     fixes.append(f"{kname} ({TERMS[kname]}): law {alt!r} reproduces step {t} exactly; the replay "
                                  f"used {law.get(kname)!r}")
     if fixes:
@@ -302,7 +300,7 @@ def explain(inputs, want: dict, replayed: dict, bad: list[str], bf16: bool, impl
 
 
 def _tally(m: Mismatch, got: np.ndarray, want: np.ndarray, t: int, bf16: bool) -> bool:
-    got_o, want_o = _ordinal(got, bf16), _ordinal(want, bf16)
+    got_o, want_o = _ordinal(got), _ordinal(want)
     # a mismatch is any differing bit (+0 vs −0, NaN payloads included); the distance counts grid steps
     as_int = np.uint16 if bf16 else np.uint32
     differs = (np.ascontiguousarray(got).view(as_int) != np.ascontiguousarray(want).view(as_int))

@@ -111,14 +111,6 @@ def post_slug(doc) -> str:
     return DATE_PREFIX.sub("", doc.slug) or doc.slug
 
 
-def log_pages(pages) -> list:
-    """Log entries, newest first (ties: by path, so the order is stable)."""
-    logs = [p for p in pages if p.doc.kind == "log"]
-    logs.sort(key=lambda p: p.doc.rel)
-    logs.sort(key=lambda p: p.doc.meta.get("date") or dt.datetime.min, reverse=True)
-    return logs
-
-
 def lore_pages(pages) -> list:
     lore = [p for p in pages if p.doc.kind == "lore"]
     return sorted(lore, key=lambda p: (p.doc.meta.get("order", 1_000_000), title_of(p).lower()))
@@ -128,6 +120,8 @@ def lore_pages(pages) -> list:
 
 
 def store_dir(root: Path) -> Path:
+    """The run store: $LAB_STORE or <root>/store. The same rule as `experiments.runs.store_dir` (and
+    `experiments.corpus.data_dir`), spelled again because publish never imports experiments."""
     return Path(os.environ.get("LAB_STORE") or Path(root) / "store")
 
 

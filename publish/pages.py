@@ -402,8 +402,8 @@ def _unfrozen(doc: Document) -> bool:
 
 def _listing_digest(root: Path) -> str:
     import hashlib
-    import os
 
+    from publish.generated import store_dir
     from publish.listings import thumbnail
     from publish.sources import discover, read_document
 
@@ -418,7 +418,7 @@ def _listing_digest(root: Path) -> str:
     plan = root / "_runs.yml"
     if plan.is_file():
         h.update(cache.sha256(plan).encode())
-    store = Path(os.environ.get("LAB_STORE") or root / "store")
+    store = store_dir(root)
     if store.is_dir():
         for run in sorted(store.glob("*.h5")):
             st = run.stat()

@@ -71,8 +71,9 @@ def _stale(as_json: bool) -> int:
         return 0
     for r in rows:
         print(f"{r['name']}  {r['key']}  changed: {', '.join(r['changed'])}")
-    print(f"{len(rows)} stale run(s): a render that needs them trains them again "
-          "(`lab runs --rekey` keeps those whose code changed only in comments or docstrings)")
+    print(f"{len(rows)} stale run(s): their training code changed in more than comments and docstrings, and no "
+          "entry of experiments/equivalences.json declares the change recording-preserving; a render that needs "
+          "them trains them again")
     return 0
 
 
@@ -86,7 +87,8 @@ def _rekey(dry_run: bool) -> int:
     verb = "would re-key" if dry_run else "re-keyed"
     for old, new in moves:
         print(f"{verb} {old.name} -> {new.name}")
-    print(f"{verb} {len(moves)} run(s) whose training code is unchanged but for comments and docstrings")
+    print(f"{verb} {len(moves)} run(s) whose training code is unchanged but for comments and docstrings, or "
+          "declared equivalent (experiments/equivalences.json)")
     return 0
 
 
@@ -211,7 +213,8 @@ def register(subparsers) -> None:
     p.add_argument("--stale", action="store_true",
                    help="list runs whose training code (or torch, numpy, format) changed, with what changed")
     p.add_argument("--rekey", action="store_true",
-                   help="re-key runs whose training code changed only in comments or docstrings (no retraining)")
+                   help="re-key runs whose training code changed only in comments or docstrings, or by a change "
+                        "declared recording-preserving in experiments/equivalences.json (no retraining)")
     p.add_argument("--dry-run", action="store_true", help="with --rekey: say what would be re-keyed")
     p.set_defaults(func=cmd_runs)
 

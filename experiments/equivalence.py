@@ -10,7 +10,8 @@ stored runs need not train again: an entry in `equivalences.json` maps the old m
 ones, and the store re-keys those runs. This module is how such an entry is earned, never written by hand:
 each version trains the matrix in its own fresh process (its own `experiments` package on `sys.path`, its
 own store and prepared data) and every pair of run files must agree in every dataset's bytes and every
-root attribute except those that name the key or the moment (`IGNORED_ATTRS`).
+root attribute except those that name the key or the moment (`IGNORED_ATTRS`) and the prepared-data cache
+address inside `corpus_manifest` (it hashes corpus.py's text; the corpus itself is compared by its sha256).
 
 The default matrix is every preset (sweeps: their smoke members), smoke-sized (`LAB_SMOKE=1`), plus the
 variants no preset covers: each precision with m, v, grad and master recorded, each optimizer
@@ -100,8 +101,12 @@ def train_all(tree: Path, store: Path, matrix: list[tuple[str, dict]], smoke: bo
 
 
 def _attrs(f: h5py.File) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()
-            if k not in IGNORED_ATTRS}
+    out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items() if k not in IGNORED_ATTRS}
+    if "corpus_manifest" in out:  # its "key" addresses the prepared-data cache, which hashes corpus.py's text
+        manifest = json.loads(out["corpus_manifest"])
+        manifest.pop("key", None)
+        out["corpus_manifest"] = manifest
+    return out
 
 
 def differences(a: Path, b: Path) -> list[str]:

@@ -36,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import blackholes, lattice  # noqa: E402
+from experiments.lattice import blackholes  # noqa: E402
+from experiments.lattice import lifecycle as lattice  # noqa: E402
 
 QWEN_POPULATIONS = (814, 704, 306, 228, 11, 10, 6, 5, 4, 4, 3, 3, 2)
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import experiments  # noqa: E402
-from experiments import epochs, geometry, shell  # noqa: E402
+from experiments.cloud import epochs, geometry, shell  # noqa: E402
 
 
 def timed(fn):

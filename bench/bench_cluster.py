@@ -43,9 +43,9 @@ def main() -> int:
     from distributed import Client
 
     import experiments
-    from experiments import cluster
-    from experiments import runs as R
-    from experiments.config import sweep_members
+    from experiments.rig.config import sweep_members
+    from experiments.store import cluster
+    from experiments.store import runs as R
 
     os.environ.pop("LAB_SMOKE", None)
     overrides = {"train.steps": args.steps, "train.threads": 1}

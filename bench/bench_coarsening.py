@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import coarsening  # noqa: E402
+from experiments.lattice import coarsening  # noqa: E402
 
 
 def _best(fn, repeats: int = 3) -> float:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     res["sigma_sweep_s_per_sigma"] = round(per, 3)
     print(f"sigma sweep around the John stand-in: {per:.3f} s per σ ({args.n:,} copies + census)")
 
-    from experiments.recording import Run
-    from experiments.runs import list_runs
+    from experiments.store.recording import Run
+    from experiments.store.runs import list_runs
 
     stored = [Run(r["path"]) for r in list_runs() if r["name"] == "flannel-1" and r["status"] == "complete"]
     stored = [r for r in stored if r.config["precision"]["dtype"] == "bf16"]

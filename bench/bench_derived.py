@@ -85,8 +85,8 @@ def per_call(ref: str) -> dict:
     os.environ["TQDM_DISABLE"] = "1"
     sys.path.insert(0, str(REPO))
     import experiments
-    from experiments import derived, epochs, geometry, shell
-
+    from experiments.cloud import epochs, geometry, shell
+    from experiments.store import derived
     run = experiments.find(ref)
     calls = {"geometry.run_cloud": geometry.run_cloud, "epochs.dead_track": epochs.dead_track,
              "geometry.population_tracks": geometry.population_tracks, "shell.run_shell": shell.run_shell,

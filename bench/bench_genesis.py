@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 os.environ["LAB_DERIVED"] = "0"  # time the analyses, not the cache
 
 import experiments  # noqa: E402
-from experiments import genesis  # noqa: E402
-from experiments import runs as R  # noqa: E402
-from experiments.config import load_config, resolve_device  # noqa: E402
-from experiments.train import train  # noqa: E402
+from experiments.lattice import genesis  # noqa: E402
+from experiments.rig.config import load_config, resolve_device  # noqa: E402
+from experiments.rig.train import train  # noqa: E402
+from experiments.store import runs as R  # noqa: E402
 
 
 def load() -> str:

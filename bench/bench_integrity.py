@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def write(path: Path, steps: int, rows: int, d: int, checksum: bool) -> float:
-    from experiments.record import Recorder
+    from experiments.rig.record import Recorder
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 1 << 16, (rows, d), dtype=np.uint16) for _ in range(4)]
@@ -57,7 +57,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5, help="repetitions per measurement; the best is reported")
     args = ap.parse_args()
 
-    from experiments.recording import Run, check
+    from experiments.store.recording import Run, check
 
     with tempfile.TemporaryDirectory(prefix="bench-integrity-") as tmp:
         paths = {False: Path(tmp) / "plain.h5", True: Path(tmp) / "checked.h5"}

@@ -1,4 +1,4 @@
-"""What keeping freed memory (experiments.malloc) saves a training run: `python bench/bench_malloc.py [--steps 300]
+"""What keeping freed memory (experiments.rig.malloc) saves a training run: `python bench/bench_malloc.py [--steps 300]
 [--repeat 2]`.
 
 Trains flannel-1 (bf16, recording W of the dead rows every step, as the site does) and the same run in fp32
@@ -25,7 +25,7 @@ _CHILD = """
 import json, sys
 import h5py
 import experiments
-from experiments import malloc
+from experiments.rig import malloc
 if sys.argv[2] == "off":
     malloc.keep_freed_memory = lambda: False
 run = experiments.run("flannel-1", progress=False, **json.loads(sys.argv[1]))
@@ -52,8 +52,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from experiments import runs as R
-
+    from experiments.store import runs as R
     data = R.store_dir() / "data"
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; {args.steps} steps, best of {args.repeat}")
     with tempfile.TemporaryDirectory(prefix="bench-malloc-") as tmp:

@@ -28,7 +28,7 @@ CHILD = "import experiments, sys; experiments.run(sys.argv[1], progress=False)"
 KILLED_AT = """
 import os, signal, sys
 import experiments
-from experiments import record
+from experiments.rig import record
 real = record.Recorder.write_step
 def write_step(self, step, arrays):  # dies as it records step KILL_AT
     if step == int(os.environ["KILL_AT"]):

@@ -2,7 +2,7 @@
 
 On the default site config (flannel-1: D 64, 2 layers, vocab 10,000, batch 8x128) it times, side by side:
 a plain PyTorch loop of the same model as one writes it with torch's own attention kernel
-(F.scaled_dot_product_attention, which experiments.model used before it wrote attention out in fp32) and no
+(F.scaled_dot_product_attention, which experiments.rig.model used before it wrote attention out in fp32) and no
 determinism settings; our loop without recording; recording W (dead rows = the site
 default, and all rows) every step; W, m, v and grad of all rows every step. It reports ms/step, the ratio
 plain/ours (>= 1.0 means our loop is at least as fast), the recording overhead, the share of the machine's
@@ -38,21 +38,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from experiments import record as record_module  # noqa: E402
-from experiments import runs as R  # noqa: E402
-from experiments.config import load_config, resolve_device  # noqa: E402
-from experiments.model import GPT, flops_per_step  # noqa: E402
-from experiments.recording import Run  # noqa: E402
-from experiments.train import train  # noqa: E402
+from experiments.rig import record as record_module  # noqa: E402
+from experiments.rig.config import load_config, resolve_device  # noqa: E402
+from experiments.rig.model import GPT, flops_per_step  # noqa: E402
+from experiments.rig.train import train  # noqa: E402
+from experiments.store import runs as R  # noqa: E402
+from experiments.store.recording import Run  # noqa: E402
 
 SEED_SECONDS = 26.7  # 1,000 Flannel 1 steps, batch 32x128, Apple M4 laptop GPU (MPS), HF Trainer
 
 _RSS_CHILD = """
 import json, resource, sys
 sys.path.insert(0, sys.argv[1])
-from experiments import runs as R
-from experiments.config import load_config, resolve_device
-from experiments.train import train
+from experiments.store import runs as R
+from experiments.rig.config import load_config, resolve_device
+from experiments.rig.train import train
 cfg = resolve_device(load_config("flannel-1", **json.loads(sys.argv[2])))
 p = R._prepare(cfg, R.store_dir())
 out = train(cfg, p, sys.argv[3], {"name": "rss", "key": "0" * 16}, progress=False)
@@ -72,7 +72,7 @@ def matmul_rate(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1
 
 
 def _sdpa_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """experiments.model.Block.forward as one writes it plainly: torch's fused attention kernel."""
+    """experiments.rig.model.Block.forward as one writes it plainly: torch's fused attention kernel."""
     B, T, D = x.shape
     q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
     shape = (B, T, self.n_heads, D // self.n_heads)
@@ -121,7 +121,7 @@ def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> tuple[floa
 def write_recording(path: Path, steps: int, rows: int, d: int, step_block: int, chunk_bytes: int) -> float:
     """A W recording of `rows` x `d` bf16 over steps 0..`steps` written by the Recorder in the given chunk layout
     (step_block 1, 64 KiB: the layout before chunks spanned several steps). Returns the seconds it took."""
-    from experiments.record import Recorder
+    from experiments.rig.record import Recorder
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 1 << 16, (rows, d), dtype=np.uint16) for _ in range(4)]

@@ -1,7 +1,7 @@
 """Verification throughput: `python bench/bench_verify.py [--steps N]`.
 
 Trains Flannel 7 at site size (W, m, v and grad of the dead rows every step; 1,000 steps by default) into a
-temporary store, timing the training loop, then replays every step with `experiments.verify` and reports
+temporary store, timing the training loop, then replays every step with `experiments.physics.verify` and reports
 elements per second and the ratio of verification time to training time, side by side in one run. The goal
 is a ratio below 1: checking a run must cost less than making it.
 """
@@ -24,8 +24,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1000, help="training steps of the recorded run (default 1000)")
     args = ap.parse_args()
 
-    from experiments import runs as R
-
+    from experiments.store import runs as R
     real_data = R.store_dir() / "data"
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
         # a fresh store (so the run is trained here) sharing the prepared corpus and tokenizer
@@ -33,7 +32,7 @@ def main() -> int:
         (Path(tmp) / "data").symlink_to(real_data, target_is_directory=True)
         os.environ["LAB_STORE"] = tmp
         import experiments
-        from experiments.verify import format_table, verify
+        from experiments.physics.verify import format_table, verify
 
         print(f"training flannel-7 for {args.steps} steps (recording W, m, v, grad of the dead rows) ...", flush=True)
         started = time.perf_counter()

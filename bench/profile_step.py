@@ -1,6 +1,6 @@
 """Where a training step goes: `python bench/profile_step.py [--steps 30] [--out bench/results/profile_step.md]`.
 
-Runs the real training loop (`experiments.train.train`, not a copy of it) under `torch.profiler` for the site
+Runs the real training loop (`experiments.rig.train.train`, not a copy of it) under `torch.profiler` for the site
 config (flannel-1, batch 8x128, no recording) and the seeds' batch (32x128), and prints per-operator tables
 (self CPU time, sorted), plus one line per config with the share of the step spent in matmuls, in the
 vocabulary-sized work (logits, softmax / cross-entropy and their backward) and in the optimizer. With
@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from experiments import runs as R  # noqa: E402
-from experiments.config import load_config, resolve_device  # noqa: E402
-from experiments.train import train  # noqa: E402
+from experiments.rig.config import load_config, resolve_device  # noqa: E402
+from experiments.rig.train import train  # noqa: E402
+from experiments.store import runs as R  # noqa: E402
 
 # operator name fragments -> the bucket the summary line reports
 _BUCKETS = {

@@ -14,44 +14,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from experiments.laws import pin_numerics
+from experiments.physics.laws import pin_numerics
 
 # Before anything in this process calls into MKL: one code path on every AVX2 CPU, Intel or AMD (laws.py)
 pin_numerics()
 
 if TYPE_CHECKING:
-    from experiments.recording import Run
+    from experiments.store.recording import Run
 
 __all__ = ["Run", "find", "load_config", "run", "sweep"]
 
 
 def run(name_or_config: str | dict, progress: bool = True, **overrides: Any) -> Run:
-    from experiments.runs import run as _run
+    from experiments.store.runs import run as _run
 
     return _run(name_or_config, progress=progress, **overrides)
 
 
 def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, **overrides: Any) -> list[Run]:
-    from experiments.runs import sweep as _sweep
+    from experiments.store.runs import sweep as _sweep
 
     return _sweep(name_or_config, jobs=jobs, progress=progress, **overrides)
 
 
 def load_config(name_or_config: str | dict, **overrides: Any) -> dict:
-    from experiments.config import load_config as _load
+    from experiments.rig.config import load_config as _load
 
     return _load(name_or_config, **overrides)
 
 
 def find(ref: str) -> Run:
-    from experiments.runs import find as _find
+    from experiments.store.runs import find as _find
 
     return _find(ref)
 
 
 def __getattr__(name: str):
     if name == "Run":  # lazily: the reader imports h5py
-        from experiments.recording import Run
+        from experiments.store.recording import Run
 
         return Run
     raise AttributeError(f"module 'experiments' has no attribute {name!r}")

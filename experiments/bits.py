@@ -2,7 +2,7 @@
 
 bf16 data travels as ``uint16`` bit patterns (or ``ml_dtypes.bfloat16`` arrays, which are viewed as their
 bits): the bits are the ground truth, and converting to float first would hide which lattice cell a value
-occupies. Everything that turns bits into values or values into bits lives here; `experiments.lattice`
+occupies. Everything that turns bits into values or values into bits lives here; `experiments.lattice.lifecycle`
 builds the lattice geometry (coordinates, displacements, lifecycles) on top of it.
 
 bf16 layout: 1 sign bit, 8 exponent bits (bias 127), 7 mantissa bits; it is the top half of a float32, so
@@ -16,7 +16,7 @@ the first one is (`ordinal(..., check=False)` counts them too, for comparing pos
 Row cosines (`row_cosine`) follow one convention: where either row is zero (or the quotient is not finite)
 the cosine is undefined and reported as NaN, so a mean over rows says so instead of averaging in a made-up
 number; a caller that wants another value for undefined rows says so with ``undefined=`` (the thrust
-period's step-one table averages with 0, see `experiments.thrust`).
+period's step-one table averages with 0, see `experiments.physics.thrust`).
 
 Checked in tests/geometry/test_bits.py (all 65,536 patterns).
 """

@@ -12,9 +12,9 @@ import argparse
 import json
 import time
 
-from experiments import blackholes
-from experiments.checkpoints import CheckpointError, Pairing, load_matrix, pairing, resolve
 from experiments.errors import DataError
+from experiments.lattice import blackholes
+from experiments.lattice.checkpoints import CheckpointError, Pairing, load_matrix, pairing, resolve
 from lab.cli import fail
 
 

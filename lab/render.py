@@ -1,7 +1,7 @@
 """`lab render | new | preview`: the publishing machinery (`publish`) from the command line.
 
 `render` and `preview` train the runs the plan needs before documents execute, through
-`experiments.runs.train_planned` (publish never imports experiments; this module hands it the trainer).
+`experiments.store.runs.train_planned` (publish never imports experiments; this module hands it the trainer).
 Exit status: 0 ok, 1 a page failed (or the site could not be built), 2 bad input (no project here, a
 misspelt key, a malformed --cluster address, a port taken: one line, `lab <command>: error: ...`),
 130 interrupted (143 on SIGTERM, for `lab preview`).
@@ -46,7 +46,7 @@ def _root(args: argparse.Namespace) -> Path:
 def train_planned(requests: list[dict], jobs: int, cluster: str | None = None) -> dict:
     """What `lab render` calls to train the runs its plan needs before executing documents (training is
     experiments' job; `lab render --cluster ADDRESS` hands them to a Dask cluster)."""
-    from experiments.runs import train_planned as train
+    from experiments.store.runs import train_planned as train
 
     return train(requests, jobs=jobs, cluster=cluster)
 
@@ -58,8 +58,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.cluster:
         # a malformed address fails before anything executes, not only once the plan has a run to train
         # (with every run stored it would never be looked at)
-        from experiments.cluster import parse
         from experiments.errors import ConfigError
+        from experiments.store.cluster import parse
 
         try:
             parse(args.cluster)

@@ -25,7 +25,7 @@ def _size(n: int) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from experiments.runs import list_runs
+    from experiments.store.runs import list_runs
 
     if getattr(args, "rekey", False):
         return _rekey(args.dry_run)
@@ -60,7 +60,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _stale(as_json: bool) -> int:
-    from experiments.runs import stale_runs
+    from experiments.store.runs import stale_runs
 
     rows = stale_runs()
     if as_json:
@@ -72,13 +72,13 @@ def _stale(as_json: bool) -> int:
     for r in rows:
         print(f"{r['name']}  {r['key']}  changed: {', '.join(r['changed'])}")
     print(f"{len(rows)} stale run(s): their training code changed in more than comments and docstrings, and no "
-          "entry of experiments/equivalences.json declares the change recording-preserving; a render that needs "
+          "entry of experiments/store/equivalences.json declares the change recording-preserving; a render that needs "
           "them trains them again")
     return 0
 
 
 def _rekey(dry_run: bool) -> int:
-    from experiments.runs import rekey_runs
+    from experiments.store.runs import rekey_runs
 
     try:
         moves = rekey_runs(dry_run=dry_run)
@@ -88,14 +88,14 @@ def _rekey(dry_run: bool) -> int:
     for old, new in moves:
         print(f"{verb} {old.name} -> {new.name}")
     print(f"{verb} {len(moves)} run(s) whose training code is unchanged but for comments and docstrings, or "
-          "declared equivalent (experiments/equivalences.json)")
+          "declared equivalent (experiments/store/equivalences.json)")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     import h5py
 
-    from experiments.runs import find
+    from experiments.store.runs import find
 
     try:
         r = find(args.run)
@@ -134,7 +134,7 @@ def _show(r, h5py) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from experiments.runs import gc
+    from experiments.store.runs import gc
 
     if args.damaged:
         try:
@@ -188,8 +188,8 @@ def _parse_pairs(items: list[str], what: str, numbers: bool = False) -> dict:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Replay a recorded run with our own AdamW arithmetic; exit 1 on any mismatch."""
-    from experiments.runs import find
-    from experiments.verify import format_table, verify
+    from experiments.physics.verify import format_table, verify
+    from experiments.store.runs import find
 
     try:
         laws = _parse_pairs(args.law, "--law")
@@ -214,7 +214,7 @@ def register(subparsers) -> None:
                    help="list runs whose training code (or torch, numpy, format) changed, with what changed")
     p.add_argument("--rekey", action="store_true",
                    help="re-key runs whose training code changed only in comments or docstrings, or by a change "
-                        "declared recording-preserving in experiments/equivalences.json (no retraining)")
+                        "declared recording-preserving in experiments/store/equivalences.json (no retraining)")
     p.add_argument("--dry-run", action="store_true", help="with --rekey: say what would be re-keyed")
     p.set_defaults(func=cmd_runs)
 

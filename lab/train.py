@@ -50,8 +50,8 @@ def _check_device(device: str, flag: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from experiments.config import load_config, parse_set
-    from experiments.runs import run, sweep
+    from experiments.rig.config import load_config, parse_set
+    from experiments.store.runs import run, sweep
 
     try:
         overrides = parse_set(args.set or [])
@@ -61,13 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_numbers(cfg, overrides)
         _check_device(str(cfg["train"]["device"]), bool(args.device))
         if getattr(args, "cluster", None):  # --- cluster (issue 13): each run a task on the Dask cluster ---
-            from experiments import cluster
-
+            from experiments.store import cluster
             cluster.parse(args.cluster)  # a malformed address fails before anything starts
             if cfg["sweep"]:
                 runs = sweep(args.name, executor=args.cluster, **overrides)
             else:
-                from experiments.runs import resolve
+                from experiments.store.runs import resolve
 
                 cluster.train([resolve(args.name, **overrides)], args.cluster)
                 runs = [run(args.name, **overrides)]  # stored now: found, logged
@@ -98,8 +97,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from experiments import cluster
-
+    from experiments.store import cluster
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         return fail("cluster", ConfigError(f"--workers: expected at least 1, got {workers}"))

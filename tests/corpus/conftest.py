@@ -23,8 +23,7 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tiny_cache):
     """(corpus, tokenizer, prepared) for the tiny config."""
-    from experiments import corpus, tokenizer
-
+    from experiments.rig import corpus, tokenizer
     c = corpus.build_corpus(TINY_CORPUS, tiny_cache)
     tok = tokenizer.train_tokenizer(c, TINY_TOKENIZER, tiny_cache)
     prepared = tokenizer.prepare(TINY_CORPUS, TINY_TOKENIZER, tiny_cache)

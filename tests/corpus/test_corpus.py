@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import corpus
 from experiments.errors import ConfigError, DataError
+from experiments.rig import corpus
 
 
 def sha(text: str) -> str:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from experiments import corpus
 from experiments.errors import DataError
+from experiments.rig import corpus
 
 datasets = pytest.importorskip("datasets")
 

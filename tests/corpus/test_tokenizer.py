@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from experiments import census, corpus, tokenizer
 from experiments.errors import ConfigError, DataError
+from experiments.lattice import census
+from experiments.rig import corpus, tokenizer
 
 
 def test_character_level_bpe_recipe(tiny):

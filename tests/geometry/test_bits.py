@@ -6,7 +6,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from experiments import adam, bits, geometry, lattice
+from experiments import bits
+from experiments.cloud import geometry
+from experiments.lattice import lifecycle as lattice
+from experiments.physics import adam
 
 ALL = np.arange(1 << 16, dtype=np.uint16)
 FINITE = ALL[(ALL & 0x7F80) != 0x7F80]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments import epochs, geometry, shell
-from experiments.lattice import from_float32
+from experiments.cloud import epochs, geometry, shell
+from experiments.lattice.lifecycle import from_float32
 
 D = 16
 
@@ -367,7 +367,7 @@ def test_one_pass_equals_the_separate_passes():
 
 
 def test_values_are_the_exact_bf16_values_for_every_finite_pattern():
-    from experiments.lattice import to_float32
+    from experiments.lattice.lifecycle import to_float32
 
     bits = np.arange(2 ** 16, dtype=np.uint16)
     bits = bits[(bits & 0x7F80) != 0x7F80]  # inf/NaN have no value to compare

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import epochs, geometry, shell
+from experiments.cloud import epochs, geometry, shell
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The derived-results cache (experiments/derived.py) on a tiny real run: reuse across processes,
+"""The derived-results cache (experiments/store/derived.py) on a tiny real run: reuse across processes,
 dependency-exact invalidation, atomic writes, gc, and a faithful round trip of every result the pages use."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import derived, epochs, geometry, runs, shell
-from experiments.recording import Run
+from experiments.cloud import epochs, geometry, shell
+from experiments.store import derived, runs
+from experiments.store.recording import Run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,7 +170,7 @@ def probe(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "analysis.py").write_text(textwrap.dedent("""
         import numpy as np
-        from experiments.derived import cached
+        from experiments.store.derived import cached
 
         calls = []
 
@@ -237,8 +238,9 @@ def test_module_edited_after_import_is_not_cached(run, probe):
 
 SCRIPT = """
 import json, sys
-from experiments import derived, geometry
-from experiments.recording import Run
+from experiments.store import derived
+from experiments.cloud import geometry
+from experiments.store.recording import Run
 track = geometry.run_cloud(Run(sys.argv[1]))
 print(json.dumps({"stats": dict(derived.stats), "r": track.r_origin.tobytes().hex()}))
 """
@@ -283,16 +285,16 @@ def test_recomputed_exactly_when_the_analysis_code_changes(run, package_copy):
 
     assert stats() == {"miss": 1, "stored": 1}
     assert stats() == {"hit": 1}
-    edit(pkg / "geometry.py", '"""Geometry of a token cloud', '"""Edited docstring. Geometry of a token cloud')
-    edit(pkg / "geometry.py", "def row_norms(x", "# a comment\ndef row_norms(x")
+    edit(pkg / "cloud" / "geometry.py", '"""Geometry of a token cloud', '"""Edited docstring. Geometry of a token cloud')
+    edit(pkg / "cloud" / "geometry.py", "def row_norms(x", "# a comment\ndef row_norms(x")
     assert stats() == {"hit": 1}, "comments and docstrings are not code"
-    edit(pkg / "blackholes.py", "import numpy as np", "import numpy as np\nUNRELATED = 1")
+    edit(pkg / "lattice" / "blackholes.py", "import numpy as np", "import numpy as np\nUNRELATED = 1")
     assert stats() == {"hit": 1}, "geometry does not import blackholes"
-    edit(pkg / "geometry.py", "def row_norms(x", "UNUSED = 2\n\n\ndef row_norms(x")
+    edit(pkg / "cloud" / "geometry.py", "def row_norms(x", "UNUSED = 2\n\n\ndef row_norms(x")
     assert stats() == {"miss": 1, "stored": 1}, "the analysis module changed"
-    edit(pkg / "lattice.py", "import numpy as np", "import numpy as np\nUNUSED = 3")
+    edit(pkg / "lattice" / "lifecycle.py", "import numpy as np", "import numpy as np\nUNUSED = 3")
     assert stats() == {"miss": 1, "stored": 1}, "a module geometry imports changed"
-    edit(pkg / "recording.py", "import numpy as np", "import numpy as np\nUNUSED = 4")
+    edit(pkg / "store" / "recording.py", "import numpy as np", "import numpy as np\nUNUSED = 4")
     assert stats() == {"miss": 1, "stored": 1}, "the reader of the run changed"
     assert len(entries(run)) == 1, "older versions of the same call are replaced"
 
@@ -314,8 +316,8 @@ def test_recomputed_when_the_run_changes(run, tmp_path):
 KILLED = """
 import os, signal, sys
 import numpy as np
-from experiments import geometry
-from experiments.recording import Run
+from experiments.cloud import geometry
+from experiments.store.recording import Run
 
 def die_mid_write(file, **arrays):  # half an archive on disk, then the process is killed
     file.write(b"PK\\x03\\x04" + bytes(4096))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments import geometry
-from experiments.lattice import from_float32
+from experiments.cloud import geometry
+from experiments.lattice.lifecycle import from_float32
 
 
 def _cloud(n=200, d=16, seed=0, sigma=0.02):

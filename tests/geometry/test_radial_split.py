@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments import shell
+from experiments.cloud import shell
 
 
 class FakeRun:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import blackholes as bh
+from experiments.lattice import blackholes as bh
 
 
 def _same_partition(c, rows):

@@ -58,7 +58,7 @@ def members(census: dict) -> list[list[int]]:
 
 
 def test_the_package_and_every_entry_point_import_alone():
-    code = ("import sys, experiments.checkpoints, lab.blackholes, lab.cli; "
+    code = ("import sys, experiments.lattice.checkpoints, lab.blackholes, lab.cli; "
             "lab.cli.build_parser(); print('ml_dtypes' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr  # no test-only import needed, none made

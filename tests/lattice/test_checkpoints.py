@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from experiments import blackholes, lattice
-from experiments.checkpoints import CheckpointError, load_matrix
 from experiments.errors import DataError
+from experiments.lattice import blackholes
+from experiments.lattice import lifecycle as lattice
+from experiments.lattice.checkpoints import CheckpointError, load_matrix
 
 Q = gguf.GGMLQuantizationType
 
@@ -199,9 +200,9 @@ def test_dispatch_errors(tmp_path):
 
 def test_real_run_file_through_recorder_and_run(tmp_path):
     """The store's own writer and reader: load_run and the lifecycle block reader agree with the arrays."""
-    from experiments.lattice import lifecycle, run_lifecycle
-    from experiments.record import Recorder
-    from experiments.recording import Run
+    from experiments.lattice.lifecycle import lifecycle, run_lifecycle
+    from experiments.rig.record import Recorder
+    from experiments.store.recording import Run
 
     rng = np.random.default_rng(5)
     steps, tokens = np.array([0, 1, 2, 5, 9]), np.array([3, 4, 8])
@@ -225,7 +226,7 @@ def test_real_run_file_through_recorder_and_run(tmp_path):
 
 
 def test_pairing_gguf_and_safetensors(tmp_path):
-    from experiments.checkpoints import pairing
+    from experiments.lattice.checkpoints import pairing
 
     rng = np.random.default_rng(6)
     emb, head = (rng.normal(size=(16, 64)) * 0.02).astype(np.float32), (rng.normal(size=(16, 64)) * 0.02).astype(np.float32)
@@ -246,7 +247,7 @@ def test_pairing_gguf_and_safetensors(tmp_path):
 
 
 def test_resolve_keeps_local_paths_and_rejects_revision_on_them(tmp_path, monkeypatch):
-    from experiments.checkpoints import looks_like_repo_id, resolve
+    from experiments.lattice.checkpoints import looks_like_repo_id, resolve
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Org" / "Name").mkdir(parents=True)

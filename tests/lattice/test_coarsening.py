@@ -5,7 +5,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from experiments import blackholes, coarsening, lattice
+from experiments.lattice import blackholes, coarsening
+from experiments.lattice import lifecycle as lattice
 
 # ---------------------------------------------------------------------------------------------------------
 # rounding
@@ -155,8 +156,8 @@ def test_sigma_sweep_accepts_bfloat16_and_rejects_nan():
 
 
 def _recorded_run(path, w, steps, tokens, dead):
-    from experiments.record import Recorder
-    from experiments.recording import Run
+    from experiments.rig.record import Recorder
+    from experiments.store.recording import Run
 
     attrs = {"name": "planted", "key": "0123456789abcdef", "key_parts": "{}", "config": '{"record": {"rows": "all"}}',
              "versions": "{}", "created": "2026-01-01T00:00:00Z", "description": "test"}

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from experiments import genesis, lattice
-from experiments.train import lr_at
+from experiments.lattice import genesis
+from experiments.lattice import lifecycle as lattice
+from experiments.rig.train import lr_at
 
 
 @pytest.mark.parametrize("schedule,warmup,floor", [("constant", 0, 0.0), ("constant", 7, 0.0), ("linear", 5, 0.0),
@@ -118,7 +119,7 @@ def test_end_structure_on_a_collapsed_run():
 def test_tagged_init_places_a_cube_and_a_control_box_and_leaves_everything_else_alone():
     import torch
 
-    from experiments.model import GPT
+    from experiments.rig.model import GPT
 
     base = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_ff": 16, "context": 8, "tied": True, "init_std": 0.02}
     spec = {"ids": [3, 9, 4, 7], "control": [11, 12, 13, 14, 15], "scale": 1e-3, "at": "first"}
@@ -165,7 +166,7 @@ def test_a_tagged_id_outside_the_vocabulary_is_a_config_error():
     import torch
 
     from experiments.errors import ConfigError
-    from experiments.model import GPT
+    from experiments.rig.model import GPT
 
     cfg = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_ff": 16, "context": 8, "tied": True, "init_std": 0.02,
            "tagged": {"ids": [1, 50], "control": [], "scale": 1e-3, "at": "first"}}

@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from experiments import lattice
+from experiments.lattice import lifecycle as lattice
 
 u16 = lambda *xs: np.array(xs, dtype=np.uint16)  # noqa: E731
 
@@ -134,7 +134,7 @@ def test_chatter_uses_the_last_exit():
 
 
 class _FakeRun:
-    """The slice of `experiments.recording.Run` the block reader uses."""
+    """The slice of `experiments.store.recording.Run` the block reader uses."""
 
     def __init__(self, steps, w):
         self.steps, self._w, self.calls = steps, w, []

@@ -230,7 +230,7 @@ def test_the_plan_trains_before_documents_and_an_interrupted_training_resumes(pr
     assert "plan: 1 document to execute need 3 runs" in out  # a stale entry is planned too ...
     complete = list(store.glob("flannel-1-*.h5"))
     assert len(complete) <= 1  # at most the first run finished before the kill
-    from experiments.runs import list_runs
+    from experiments.store.runs import list_runs
 
     assert all(r["status"] == "complete" for r in list_runs(store))
 

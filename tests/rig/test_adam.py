@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import adam, laws
+from experiments.physics import adam, laws
 
 F32 = np.float32
 RNG = np.random.default_rng(7)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 import publish.cache
-from experiments import config as C
-from experiments.record import Recorder
+from experiments.rig import config as C
+from experiments.rig.record import Recorder
 from lab.cli import main as lab_main
 
 
@@ -97,8 +97,7 @@ def test_ctrl_c_removes_the_temp_file_and_exits_130(lab, store, monkeypatch, cap
 def test_full_disk_while_caching_data_names_the_file(lab, store, capsys, monkeypatch):
     import errno
 
-    from experiments import runs
-
+    from experiments.store import runs
     def full(cfg, store_path):
         raise OSError(errno.ENOSPC, "No space left on device", str(store_path / "data" / "corpus-abc.txt"))
 

@@ -18,9 +18,9 @@ import pytest
 from distributed import Client
 
 import experiments
-from experiments import cluster
-from experiments import runs as R
-from experiments.config import sweep_members
+from experiments.rig.config import sweep_members
+from experiments.store import cluster
+from experiments.store import runs as R
 
 from .test_integrity import LAB, TINY_SET
 

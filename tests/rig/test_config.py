@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import config as C
 from experiments.errors import ConfigError
+from experiments.rig import config as C
 
 
 def test_every_preset_resolves_and_seed_presets_extend_site_presets():

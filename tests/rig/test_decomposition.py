@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import adam, decomposition
+from experiments.physics import adam, decomposition
 
 
 class _FakeRun:

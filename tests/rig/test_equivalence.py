@@ -11,18 +11,18 @@ import h5py
 import pytest
 
 import experiments
-from experiments import equivalence as EQ
-from experiments import fingerprint as FP
-from experiments import runs as R
-from experiments import train as T
+from experiments.rig import train as T
+from experiments.store import equivalence as EQ
+from experiments.store import fingerprint as FP
+from experiments.store import runs as R
 
-TRAIN_SRC = (R.PACKAGE_DIR / "train.py").read_text()
+TRAIN_SRC = (R.PACKAGE_DIR / "rig" / "train.py").read_text()
 REFACTORED = TRAIN_SRC + "\n\nclass NewlyDeclared(Exception):\n    pass\n"  # changes the normal form only
 
 
 def _edit_train(monkeypatch, text: str) -> None:
     real = R.module_sources
-    monkeypatch.setattr(R, "module_sources", lambda package_dir=R.PACKAGE_DIR: {**real(package_dir), "train": text})
+    monkeypatch.setattr(R, "module_sources", lambda package_dir=R.PACKAGE_DIR: {**real(package_dir), "rig.train": text})
 
 
 def _content(path) -> str:
@@ -41,7 +41,7 @@ def test_a_declared_equivalence_rekeys_the_stored_run_instead_of_training_it(sto
     _edit_train(monkeypatch, REFACTORED)
     after = _digests(R.module_sources())
     (row,) = R.stale_runs()  # undeclared: the run would train again
-    assert row["changed"] == ["train.py"]
+    assert row["changed"] == ["rig/train.py"]
 
     monkeypatch.setattr(FP, "equivalences", lambda path=None: ({"from": before, "to": after},))
     assert R.stale_runs() == []
@@ -88,7 +88,7 @@ def test_the_equivalences_file_is_validated(tmp_path):
 def _tree(tmp_path, name: str, train_text: str):
     tree = tmp_path / name
     shutil.copytree(R.PACKAGE_DIR, tree / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
-    (tree / "experiments" / "train.py").write_text(train_text)
+    (tree / "experiments" / "rig" / "train.py").write_text(train_text)
     return tree
 
 

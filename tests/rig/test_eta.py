@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from experiments import runs as R
-from experiments.config import load_config
+from experiments.rig.config import load_config
+from experiments.store import runs as R
 
 
 def _plan():

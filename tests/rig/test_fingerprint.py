@@ -11,11 +11,11 @@ import h5py
 import pytest
 
 import experiments
-from experiments import fingerprint as FP
-from experiments import runs as R
-from experiments import train as T
+from experiments.rig import train as T
+from experiments.store import fingerprint as FP
+from experiments.store import runs as R
 
-TRAIN_SRC = (R.PACKAGE_DIR / "train.py").read_text()
+TRAIN_SRC = (R.PACKAGE_DIR / "rig" / "train.py").read_text()
 
 
 def test_comments_docstrings_and_layout_keep_the_fingerprint():
@@ -48,13 +48,13 @@ def _fake_edit(monkeypatch, module: str, new_text: str):
 
 def test_a_comment_edit_retrains_nothing_and_a_code_edit_is_stale(store, tiny, monkeypatch):
     first = experiments.run(tiny(), progress=False)
-    _fake_edit(monkeypatch, "train", TRAIN_SRC + "\n# only a comment\n")
+    _fake_edit(monkeypatch, "rig.train", TRAIN_SRC + "\n# only a comment\n")
     monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("a comment edit retrained"))
     assert experiments.run(tiny(), progress=False).path == first.path
     assert R.stale_runs() == []
-    _fake_edit(monkeypatch, "train", TRAIN_SRC.replace("step - 1", "step - 2", 1))
+    _fake_edit(monkeypatch, "rig.train", TRAIN_SRC.replace("step - 1", "step - 2", 1))
     (row,) = R.stale_runs()
-    assert row["key"] == first.key and row["changed"] == ["train.py"]
+    assert row["key"] == first.key and row["changed"] == ["rig/train.py"]
 
 
 def test_rekey_migrates_runs_keyed_by_source_text(store, tiny, monkeypatch):
@@ -91,10 +91,10 @@ def test_a_render_plan_warns_before_retraining_stale_runs(store, tiny, monkeypat
 
     cfg = tiny(name="plan-stale")
     experiments.run(cfg, progress=False)
-    _fake_edit(monkeypatch, "train", TRAIN_SRC.replace("step - 1", "step - 2", 1))
+    _fake_edit(monkeypatch, "rig.train", TRAIN_SRC.replace("step - 1", "step - 2", 1))
     monkeypatch.setattr(R, "STALE_WARNING", 0)
     monkeypatch.setattr(R, "_train_children", lambda todo, jobs, steps, out: (len(todo), []))  # plan only
     out = io.StringIO()
     summary = R.train_planned([{"config": cfg}], out=out)
     assert summary["planned"] == 1 and summary["stored"] == 0
-    assert "1 stored runs no longer match the training code (changed: train.py)" in out.getvalue()
+    assert "1 stored runs no longer match the training code (changed: rig/train.py)" in out.getvalue()

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import runs as R
-from experiments.config import parse_set
 from experiments.errors import DamagedRunError
-from experiments.record import DIGEST_ATTR, Recorder
-from experiments.recording import Run, check
+from experiments.rig.config import parse_set
+from experiments.rig.record import DIGEST_ATTR, Recorder
+from experiments.store import runs as R
+from experiments.store.recording import Run, check
 
 LAB = Path(sys.executable).parent / "lab"  # the venv's `lab` console script
 # flannel-1 shrunk to the rig's tiny run (same corpus/tokenizer as conftest.TINY: its data cache is shared)
@@ -175,7 +175,7 @@ def test_full_disk_is_one_line_naming_the_path_and_other_runs_stay_intact(store,
     hooks.mkdir()
     if when == "while writing":  # the space check passes, then the disk fills (another writer, say)
         (hooks / "sitecustomize.py").write_text(textwrap.dedent("""
-            from experiments import record
+            from experiments.rig import record
             record.Recorder._check_space = lambda self: None
         """))
     env = sub_env(full)

@@ -1,4 +1,4 @@
-"""The allocator setting training uses (experiments.malloc): freed blocks are reused instead of faulted in again,
+"""The allocator setting training uses (experiments.rig.malloc): freed blocks are reused instead of faulted in again,
 and the recordings do not change by a bit."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import sys
 import h5py
 import pytest
 
-from experiments import malloc
+from experiments.rig import malloc
 
 _FAULTS = """
 import resource, sys
 import numpy as np
-from experiments import malloc
+from experiments.rig import malloc
 if sys.argv[1] == "keep":
     assert malloc.keep_freed_memory()
 def faults():
@@ -46,7 +46,7 @@ def test_kept_memory_is_not_faulted_in_again(sub_env, store):
 _TRAIN = """
 import json, sys
 import experiments
-from experiments import malloc
+from experiments.rig import malloc
 if sys.argv[2] == "off":
     malloc.keep_freed_memory = lambda: False
 print(experiments.run(json.loads(sys.argv[1]), progress=False).path)

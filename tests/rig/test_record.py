@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from experiments.errors import DataError
-from experiments.record import Recorder
-from experiments.recording import Run
+from experiments.rig.record import Recorder
+from experiments.store.recording import Run
 
 ATTRS = {"name": "rec", "key": "0123456789abcdef", "key_parts": "{}", "config": json.dumps({"record": {}}),
          "versions": "{}", "created": "2026-01-01T00:00:00Z", "description": "", "tokenizer": "{}"}
@@ -74,7 +74,7 @@ def test_incomplete_file_is_never_read_as_a_run(tmp_path):
 _RSS_SCRIPT = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from experiments.record import Recorder
+    from experiments.rig.record import Recorder
     steps = int(sys.argv[2]); N, D = 4096, 64   # 512 KiB of bf16 per recorded step
     attrs = {"name": "m", "key": "0" * 16}
     rec = Recorder(sys.argv[1], attrs=attrs, tokens=np.arange(N), steps=np.arange(steps + 1),

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import experiments
-from experiments import verify
+from experiments.physics import verify
 
 EXAMPLES = int(os.environ.get("LAB_PROPERTY_EXAMPLES", "10"))
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import experiments
-from experiments import record
-from experiments import runs as R
-from experiments import train as T
+from experiments.rig import record
+from experiments.rig import train as T
+from experiments.store import runs as R
 
 STEPS = 250
 
@@ -183,7 +183,7 @@ def test_a_resumed_run_on_a_full_disk_says_so_and_keeps_its_checkpoint(store, ti
     resumed_from = _spy_resume(monkeypatch)
     real_usage = record.shutil.disk_usage
     monkeypatch.setattr(record.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1000))
-    with pytest.raises(experiments.runs.DataError, match="space|disk"):
+    with pytest.raises(experiments.store.runs.DataError, match="space|disk"):
         experiments.run(cfg, progress=False)
     assert resumed_from == [ckpt] and "cannot resume" not in capfd.readouterr().err
     assert ckpt.exists() and len(list(store.glob("*.h5.tmp-*"))) == 1
@@ -207,10 +207,10 @@ def test_a_resumed_run_that_fails_otherwise_keeps_its_checkpoint(store, tiny, mo
 
     def fails_on_resume(*a, **k):
         calls.append(k.get("resume"))
-        raise experiments.runs.DataError("resume: loss became nan at step 120; try a lower optim.lr")
+        raise experiments.store.runs.DataError("resume: loss became nan at step 120; try a lower optim.lr")
 
     monkeypatch.setattr(T, "train", fails_on_resume)
-    with pytest.raises(experiments.runs.DataError, match="loss became nan"):
+    with pytest.raises(experiments.store.runs.DataError, match="loss became nan"):
         experiments.run(cfg, progress=False)
     assert calls == [ckpt]  # not retried from step 0
     assert "cannot resume" not in capfd.readouterr().err
@@ -223,7 +223,7 @@ def test_checkpoint_interval_is_validated_and_rounded(monkeypatch):
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "0")
     assert R._checkpoint_every() == 0
     monkeypatch.setenv("LAB_CHECKPOINT_EVERY", "often")
-    with pytest.raises(experiments.runs.ConfigError, match="LAB_CHECKPOINT_EVERY"):
+    with pytest.raises(experiments.store.runs.ConfigError, match="LAB_CHECKPOINT_EVERY"):
         R._checkpoint_every()
 
 
@@ -237,7 +237,7 @@ def _bits(step: int, name: str) -> np.ndarray:
 
 
 def _recorder(path, resume_at=None, key="0123456789abcdef", tokens=None):
-    from experiments.record import Recorder
+    from experiments.rig.record import Recorder
 
     tokens = np.arange(_N) if tokens is None else tokens
     return Recorder(path, attrs={"name": "rec", "key": key}, tokens=tokens,
@@ -275,7 +275,7 @@ def test_a_killed_recording_is_continued_in_place_over_its_orphaned_chunks(tmp_p
     """A killed writer's chunks past its checkpoint, with index entries on disk beyond the superblock's end of
     allocation: the continuing writer must not allocate over them. The result equals an uninterrupted
     recording, dataset for dataset and digest for digest, in the very file the killed writer left."""
-    from experiments.record import DIGEST_ATTR
+    from experiments.rig.record import DIGEST_ATTR
 
     whole = tmp_path / "whole.h5"
     rec = _recorder(whole)
@@ -317,7 +317,7 @@ def test_a_recording_that_is_not_this_runs_is_not_continued(tmp_path):
 _KILLED_AT = """
 import json, os, signal, sys
 import experiments
-from experiments import record
+from experiments.rig import record
 real = record.Recorder.write_step
 
 def write_step(self, step, arrays):  # the process dies as it records step KILL_AT

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.config import load_config
 from experiments.errors import ConfigError
-from experiments.train import lr_at
+from experiments.rig.config import load_config
+from experiments.rig.train import lr_at
 
 transformers_opt = pytest.importorskip("transformers.optimization")
 

@@ -16,10 +16,10 @@ import h5py
 import pytest
 
 import experiments
-from experiments import runs as R
-from experiments import train as T
 from experiments.errors import ConfigError, DataError
-from experiments.record import FORMAT_VERSION, Recorder
+from experiments.rig import train as T
+from experiments.rig.record import FORMAT_VERSION, Recorder
+from experiments.store import runs as R
 
 
 def test_second_call_trains_nothing_and_run_log_lists_runs(store, tiny, monkeypatch, tmp_path):
@@ -53,11 +53,11 @@ def test_key_follows_training_code_only(store, tiny, tmp_path):
     key, _ = R.compute_key(cfg, prepared, R.module_sources(copy))
     assert key == R.compute_key(cfg, prepared)[0]
     (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\n# unrelated edit\n")
-    (copy / "verify.py").write_text((copy / "verify.py").read_text() + "\n# unrelated edit\n")
+    (copy / "physics" / "verify.py").write_text((copy / "physics" / "verify.py").read_text() + "\n# unrelated edit\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] == key
-    (copy / "model.py").write_text((copy / "model.py").read_text() + "\n# a comment changes no bits\n")
+    (copy / "rig" / "model.py").write_text((copy / "rig" / "model.py").read_text() + "\n# a comment changes no bits\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] == key
-    (copy / "model.py").write_text((copy / "model.py").read_text() + "\nSCALE = 2  # code does\n")
+    (copy / "rig" / "model.py").write_text((copy / "rig" / "model.py").read_text() + "\nSCALE = 2  # code does\n")
     assert R.compute_key(cfg, prepared, R.module_sources(copy))[0] != key
     # the config is in the key, its free-text description is not
     assert R.compute_key(R.resolve(tiny(optim={"lr": 2e-3})), prepared)[0] != key
@@ -73,7 +73,7 @@ def test_smoke_runs_never_share_a_key_with_real_runs(store, tiny, monkeypatch):
 
 _TRAIN_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    import experiments, experiments.train as T
+    import experiments, experiments.rig.train as T
     real = T.train
     def counting(*a, **k):
         with open(os.environ["TRAIN_COUNT"], "a") as f:

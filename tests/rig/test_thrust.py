@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import thrust
 from experiments.errors import DataError
+from experiments.physics import thrust
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import experiments
-from experiments.recording import Run
+from experiments.store.recording import Run
 
 
 def _datasets(path) -> dict[str, bytes]:

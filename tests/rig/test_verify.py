@@ -7,8 +7,8 @@ import json
 import pytest
 
 import experiments
-from experiments import verify
 from experiments.errors import DataError
+from experiments.physics import verify
 
 # the Flannel schedule with an active clip, so the recorded lr and clip scale matter
 FLANNEL = {"schedule": "linear", "clip": 0.05}
@@ -74,8 +74,7 @@ def test_a_fused_run_replays_through_the_library_kernel_and_says_so(store, tiny,
 
 
 def test_the_run_file_records_its_machines_kernel_laws(store, tiny):
-    from experiments import laws
-
+    from experiments.physics import laws
     run = _run(tiny, optim={"betas": [0.9, 0.95]})
     assert run.kernel_laws["laws"] == laws.current(True, "foreach")
     assert run.kernel_laws["arith"] == "bf16" and run.kernel_laws["impl"] == "foreach"
@@ -103,7 +102,7 @@ def test_the_report_names_the_machine_that_trained_the_run_and_the_one_replaying
     """A cluster trains runs on many machines: the report says which one trained this run, and what differs."""
     import h5py
 
-    from experiments.runs import trained_on
+    from experiments.store.runs import trained_on
 
     run = _run(tiny, optim=FLANNEL)
     here = trained_on()

@@ -1,8 +1,8 @@
 """Is a change to the training code safe to declare equivalent? Train the same configs under both versions.
 
-    python -m experiments.equivalence REV            # compare the committed REV with the working tree
-    python -m experiments.equivalence REV --write    # ... and, when every recording is identical, append
-                                                     # the entry to experiments/equivalences.json
+    python -m experiments.store.equivalence REV            # compare the committed REV with the working tree
+    python -m experiments.store.equivalence REV --write    # ... and, when every recording is identical, append
+                                                     # the entry to experiments/store/equivalences.json
 
 A code change that alters a training module's normal form changes every run key (see `fingerprint`). When
 the change keeps every recording byte for byte (a refactor, a new exception class, a module moved), the
@@ -34,7 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IGNORED_ATTRS = ("key", "key_parts", "created", "trained_on")
 
 VARIANTS = [  # (preset, overrides): the code paths the presets leave out, at smoke size
@@ -52,11 +52,10 @@ _CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import experiments
-from experiments import config
 assert experiments.__file__.startswith(sys.argv[1]), experiments.__file__
 out = []
-for preset, overrides in json.loads(sys.argv[2]):
-    cfg = config.load_config(preset, **overrides)
+for preset, overrides in json.loads(sys.argv[2]):  # only the package's top-level API: any layout
+    cfg = experiments.load_config(preset, **overrides)
     runs = experiments.sweep(preset, progress=False, **overrides) if cfg["sweep"] else \
         [experiments.run(preset, progress=False, **overrides)]
     out.extend({"request": [preset, overrides], "member": i, "path": str(r.path)} for i, r in enumerate(runs))
@@ -65,7 +64,7 @@ print("RESULT " + json.dumps(out))
 
 
 def default_matrix() -> list[tuple[str, dict]]:
-    from experiments.config import preset_names
+    from experiments.rig.config import preset_names
 
     return [(p, {}) for p in preset_names()] + VARIANTS
 
@@ -133,12 +132,20 @@ def differences(a: Path, b: Path) -> list[str]:
     return out
 
 
+_DIGESTS = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+try:
+    from experiments.store import fingerprint, runs
+except ImportError:  # a version from before the rooms (experiments/runs.py)
+    from experiments import fingerprint, runs
+print(json.dumps({m: fingerprint.digest(s) for m, s in sorted(runs.module_sources().items())}))
+"""
+
+
 def digests_of(tree: Path) -> dict[str, str]:
     """The training-module digests (what run keys hash) of the `experiments` package in `tree`."""
-    out = subprocess.run([sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
-                          "from experiments import runs, fingerprint; "
-                          "print(json.dumps({m: fingerprint.digest(s) for m, s in "
-                          "sorted(runs.module_sources().items())}))", str(tree)],
+    out = subprocess.run([sys.executable, "-c", _DIGESTS, str(tree)],
                          capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(tree)))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -159,7 +166,7 @@ def check(old_tree: Path, new_tree: Path, matrix: list[tuple[str, dict]], work: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.equivalence", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.store.equivalence", description=__doc__.split("\n")[0])
     ap.add_argument("rev", help="the committed version to compare the working tree with (e.g. HEAD, a hash)")
     ap.add_argument("--write", action="store_true", help="append the entry to equivalences.json if all agree")
     ap.add_argument("--why", default="", help="one line for the entry: what changed")
@@ -183,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         print("equivalence: not equivalent; the change retrains every run it touches")
         return 1
     if args.write:
-        from experiments.fingerprint import EQUIVALENCES
+        from experiments.store.fingerprint import EQUIVALENCES
 
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.rev], capture_output=True, text=True,
                              check=True).stdout.strip()
         entries = json.loads(EQUIVALENCES.read_text()) if EQUIVALENCES.exists() else []
         entries.append({"from": old_d, "to": new_d, "from_commit": rev, "changed": changed, "why": args.why,
                         "checked": f"{result['runs']} smoke-sized runs byte-identical (python -m "
-                                   f"experiments.equivalence {rev[:12]})"})
+                                   f"experiments.store.equivalence {rev[:12]})"})
         EQUIVALENCES.write_text(json.dumps(entries, indent=1) + "\n")
         print(f"equivalence: entry appended to {EQUIVALENCES.relative_to(ROOT)}")
     return 0

@@ -17,8 +17,8 @@ feed the offsets a floor of about δu/λ), and anything that shrinks c together 
 drive: the relative gap never changes).
 
 Analyses here read recorded runs (`census_track`, `gap_track`, `pure_decay_track`, `end_structure`) and
-reuse the census and lattice graph of `experiments.blackholes` and the bf16 arithmetic of
-`experiments.lattice`. None of them is on the training path.
+reuse the census and lattice graph of `experiments.lattice.blackholes` and the bf16 arithmetic of
+`experiments.lattice.lifecycle`. None of them is on the training path.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments import blackholes, lattice
-from experiments.derived import cached
+from experiments.lattice import blackholes
+from experiments.lattice import lifecycle as lattice
+from experiments.store.derived import cached
 
 # Published recipes, as the project's genesis notes quote them (tags: V = read in the source, S = secondary,
 # R = recalled); lore/black-hole-genesis.qmd ("How much budget real recipes spend") tabulates them. Sources:
@@ -55,7 +56,7 @@ RECIPES = (
 
 def lr_schedule(lr: float, steps: int, schedule: str = "constant", warmup: int = 0, min_lr_ratio: float = 0.0,
                 decay_steps: int = 0) -> np.ndarray:
-    """η_t for optimizer steps t = 1..steps (float64), vectorised `experiments.train.lr_at` plus WSD.
+    """η_t for optimizer steps t = 1..steps (float64), vectorised `experiments.rig.train.lr_at` plus WSD.
 
     "wsd" (warm-up, stable, decay): linear warm-up, constant, then linear decay to min_lr_ratio·lr over the
     last `decay_steps` steps (SmolLM1's recipe).

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 from filelock import FileLock
 from tqdm import tqdm
 
-from .errors import ConfigError, DataError
+from experiments.errors import ConfigError, DataError
 
 # Bump when the meaning of a cached corpus changes in a way the source hash would not catch.
 FORMAT = 1
@@ -247,7 +247,7 @@ def sha256_hex(data: str | bytes) -> str:
 
 def data_dir() -> Path:
     """Default cache directory: ``<store>/data`` with store = $LAB_STORE or ``<repo root>/store``."""
-    store = os.environ.get("LAB_STORE") or Path(__file__).resolve().parent.parent / "store"
+    store = os.environ.get("LAB_STORE") or Path(__file__).resolve().parents[2] / "store"
     return Path(store) / "data"
 
 

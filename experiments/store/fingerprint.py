@@ -15,7 +15,7 @@ whose recorded fingerprint no longer matches the code, with the modules that cha
 Some code changes do change the normal form and still make the same recordings: a refactor, a new exception
 class, a faster path to the same bytes, a module moved or split. Each such change is declared once in
 `equivalences.json` (next to this file): the module digests before and after, and how it was checked
-(`python -m experiments.equivalence REV` trains every preset, smoke-sized, plus the precision and optimizer
+(`python -m experiments.store.equivalence REV` trains every preset, smoke-sized, plus the precision and optimizer
 variants, under both versions in fresh processes and writes the entry only when every recording is
 byte-identical). A run trained by the old code is then current (`translate`), so `stale` does not list it,
 and `rekey` gives it the new key without retraining; `lab render` and `run` re-key such runs themselves.
@@ -78,6 +78,15 @@ def _history(repo: str, relpath: str) -> dict[str, str]:
 EQUIVALENCES = Path(__file__).with_name("equivalences.json")
 
 
+def _relpath(module: str) -> str:
+    """A training module's file inside the package: "rig.train" -> "rig/train.py" (keys name modules dotted)."""
+    return module.replace(".", "/") + ".py"
+
+
+def module_path(package_dir: Path, module: str) -> Path:
+    return package_dir / _relpath(module)
+
+
 @cache
 def equivalences(path: Path = EQUIVALENCES) -> tuple[dict, ...]:
     """The declared code changes that keep recordings: ({"from": {module: digest}, "to": {...}, ...}, ...)."""
@@ -119,12 +128,12 @@ def recorded_digests(parts: dict, package_dir: Path) -> dict[str, str | None]:
     repo = str(package_dir.parent)
     out = {}
     for module, text_sha in sources.items():
-        path = package_dir / f"{module}.py"
+        path = module_path(package_dir, module)
         current = path.read_text() if path.exists() else None
         if current is not None and text_digest(current) == text_sha:
             out[module] = digest(current)
         else:
-            out[module] = _history(repo, f"{package_dir.name}/{module}.py").get(text_sha)
+            out[module] = _history(repo, f"{package_dir.name}/{_relpath(module)}").get(text_sha)
     return out
 
 
@@ -133,7 +142,7 @@ def expected_parts(parts: dict, current_sources: dict[str, str]) -> dict:
     import numpy
     import torch
 
-    from experiments.record import FORMAT_VERSION
+    from experiments.rig.record import FORMAT_VERSION
 
     new = {k: v for k, v in parts.items() if k not in ("sources", "fingerprint")}
     new.update(sources={m: digest(s) for m, s in sorted(current_sources.items())}, fingerprint=SCHEME,
@@ -145,7 +154,7 @@ def differences(parts: dict, current_sources: dict[str, str], package_dir: Path)
     """What changed since a run was trained: module names, versions or the format ([] if it is current)."""
     new = expected_parts(parts, current_sources)
     rec = translate(recorded_digests(parts, package_dir))
-    changed = [f"{m}.py" if rec.get(m) is not None else f"{m}.py (recorded version not in git history)"
+    changed = [_relpath(m) if rec.get(m) is not None else f"{_relpath(m)} (recorded version not in git history)"
                for m in sorted(set(new["sources"]) | set(rec)) if rec.get(m) != new["sources"].get(m)]
     changed += [f"{k} {parts.get(k)} -> {new[k]}" for k in ("torch", "numpy", "format") if parts.get(k) != new[k]]
     extra = sorted(set(parts) - set(new) - {"sources", "fingerprint"})
@@ -154,7 +163,7 @@ def differences(parts: dict, current_sources: dict[str, str], package_dir: Path)
 
 
 def _key_of(parts: dict) -> str:
-    from experiments.config import canonical_json
+    from experiments.rig.config import canonical_json
 
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
 

@@ -11,7 +11,7 @@ bytewise against its first row, so a hash collision can cost time but can never 
 
 The frozen-smoke pipeline (lore/frozen-smoke.qmd, where the seeds' Qwen3-4B numbers are quoted) then works on the bf16 lattice only: select the rows within
 exponent-space L∞ ≤ k of the most populated BH, take their unique vectors as graph nodes, join nodes whose
-lattice L∞ distance (sign-aware bit-pattern differences, `experiments.lattice.ordinal`) is 1, and summarise
+lattice L∞ distance (sign-aware bit-pattern differences, `experiments.lattice.lifecycle.ordinal`) is 1, and summarise
 the components as the seeds' table. Nodes and BH labels follow first occurrence in the matrix (the seeds'
 BH0…BH12 followed ``torch.unique`` order instead); BH lists are sorted by population.
 """
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from experiments import lattice
+from experiments.lattice import lifecycle as lattice
 
 # fixed seeds: the hash must be the same on every run so results (and collisions, if any) are reproducible
 _HASH_SEED = 0x5EED_B1AC

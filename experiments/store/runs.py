@@ -37,14 +37,14 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from experiments import fingerprint
-from experiments.config import canonical_json, load_config, resolve_device, sweep_members
+from experiments.store import fingerprint
+from experiments.rig.config import canonical_json, load_config, resolve_device, sweep_members
 from experiments.errors import ConfigError, DamagedRunError, DataError, ResumeError
-from experiments.record import DIGEST_ATTR, FORMAT_VERSION
-from experiments.recording import REPAIR, Run, check, open_reason
+from experiments.rig.record import DIGEST_ATTR, FORMAT_VERSION
+from experiments.store.recording import REPAIR, Run, check, open_reason
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-TRAINING_MODULES = ("corpus", "tokenizer", "config", "model", "train", "record", "errors")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # experiments/
+TRAINING_MODULES = ("rig.corpus", "rig.tokenizer", "rig.config", "rig.model", "rig.train", "rig.record", "errors")
 _RUN_FILE = re.compile(r"^(?P<name>.+)-(?P<key>[0-9a-f]{16})\.h5$")
 _TMP_FILE = re.compile(r"^(?P<stem>.+-[0-9a-f]{16})\.h5\.tmp-(?P<pid>\d+)$")
 HEARTBEAT = 1.0  # seconds between $LAB_PROGRESS lines while a run trains
@@ -58,7 +58,7 @@ def store_dir() -> Path:
 
 def module_sources(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
     """Source text of each training-path module (the injectable part of the key)."""
-    return {m: (package_dir / f"{m}.py").read_text() for m in TRAINING_MODULES}
+    return {m: fingerprint.module_path(package_dir, m).read_text() for m in TRAINING_MODULES}
 
 
 def compute_key(cfg: dict, prepared, sources: dict[str, str] | None = None) -> tuple[str, dict]:
@@ -82,15 +82,14 @@ def compute_key(cfg: dict, prepared, sources: dict[str, str] | None = None) -> t
     if cfg["precision"]["dtype"] != "bf16":
         # float32 optimizer state meets kernels whose bits depend on the machine's libraries (MKL's square
         # root differs between its code paths): the probed laws are part of what decides the recording
-        from experiments import laws
-
+        from experiments.physics import laws
         parts["kernel_laws"] = laws.current(False, cfg["optim"]["impl"])
     key = hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
     return key, parts
 
 
 def _prepare(cfg: dict, store: Path):
-    from experiments.tokenizer import prepare
+    from experiments.rig.tokenizer import prepare
 
     return prepare(cfg["corpus"], cfg["tokenizer"], store / "data")
 
@@ -375,7 +374,7 @@ CHECKPOINT_EVERY = 100  # default steps between training checkpoints ($LAB_CHECK
 
 def _checkpoint_every() -> int:
     """Steps between checkpoints, rounded up to the loop's scalar flush; not in the key (it changes no bits)."""
-    from experiments.train import _FLUSH_EVERY
+    from experiments.rig.train import _FLUSH_EVERY
 
     raw = os.environ.get("LAB_CHECKPOINT_EVERY", str(CHECKPOINT_EVERY))
     try:
@@ -430,8 +429,8 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
     """Train into a temp file and rename it to `final` once complete. Every `_checkpoint_every()` steps the
     state is saved to `<final>.ckpt`; an interrupted training (Ctrl-C, a kill, a crash) leaves its recording
     and checkpoint, and the next call resumes from there (`resume`) with a bit-identical result."""
-    from experiments import malloc
-    from experiments.train import train, versions
+    from experiments.rig import malloc
+    from experiments.rig.train import train, versions
 
     malloc.keep_freed_memory()  # a step's large tensors are reused, not faulted in again (a third of the time)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
@@ -481,8 +480,7 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
 
 
 def _kernel_laws(cfg: dict) -> dict:
-    from experiments import laws
-
+    from experiments.physics import laws
     prec = cfg["precision"]["dtype"]
     return laws.for_run(prec == "bf16", cfg["optim"]["impl"])
 
@@ -513,8 +511,7 @@ def sweep(name_or_config: str | dict, jobs: int = 1, progress: bool = True, exec
     cfg = resolve(name_or_config, **overrides)
     members = sweep_members(cfg)
     if executor is not None:  # --- cluster (issue 13) ---
-        from experiments import cluster
-
+        from experiments.store import cluster
         done = cluster.train(members, executor, progress=progress)
         obtained = [(Run(r["path"]), r["seconds"] if r["trained"] else 0.0) for r in done]
     elif jobs <= 1 or len(members) == 1:
@@ -643,8 +640,7 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None, cluster=None) -
     print(f"training {len(missing)} runs ({total_steps:,} steps, {where}); "
           f"{len(stored)} already in the store", file=out, flush=True)
     if cluster is not None:  # --- cluster (issue 13) ---
-        from experiments import cluster as dask_cluster
-
+        from experiments.store import cluster as dask_cluster
         done = dask_cluster.train([cfg for _, cfg in missing.values()], cluster, out=out, raise_failed=False)
         failed = [f"{cfg['name']}-{r['key']}: {r['error']}" for r, (_, cfg) in zip(done, missing.values(), strict=True)
                   if "error" in r]
@@ -682,7 +678,7 @@ def _train_children(todo: list, jobs: int, total_steps: int, out) -> tuple[int, 
                     progress = Path(tmp) / f"{key}.progress"
                     err = open(Path(tmp) / f"{key}.err", "w")
                     proc = subprocess.Popen(
-                        [sys.executable, "-c", "from experiments.runs import _plan_child; _plan_child()",
+                        [sys.executable, "-c", "from experiments.store.runs import _plan_child; _plan_child()",
                          json.dumps(request)],
                         env={**env, "LAB_PROGRESS": str(progress)}, stdout=err, stderr=err, stdin=subprocess.DEVNULL)
                     steps = int(cfg["train"]["steps"])
@@ -808,7 +804,7 @@ class _Eta:
 
 def _flops_per_step(cfg: dict) -> float:
     """Matmul FLOPs of one step of `cfg` (the vocabulary as configured); 1 if the config does not say."""
-    from experiments.model import flops_per_step
+    from experiments.rig.model import flops_per_step
 
     try:
         t = cfg["train"]
@@ -865,7 +861,7 @@ def list_runs(store: str | Path | None = None, check: bool = False) -> list[dict
     """
     import h5py
 
-    from experiments.recording import check as check_file
+    from experiments.store.recording import check as check_file
 
     store = Path(store) if store is not None else store_dir()
     out = []
@@ -974,9 +970,8 @@ def gc(keep_keys, dry_run: bool = False, store: str | Path | None = None, damage
 
 
 def _collect_derived(store: Path, doomed: list[Path], dry_run: bool) -> list[Path]:
-    """Derived results (experiments.derived) of every run no longer in the store, or about to leave it."""
-    from experiments import derived
-
+    """Derived results (experiments.store.derived) of every run no longer in the store, or about to leave it."""
+    from experiments.store import derived
     gone = {Path(p).name for p in doomed}
     live = {m["key"] for path in (store.glob("*.h5") if store.exists() else ())
             if path.name not in gone and (m := _RUN_FILE.match(path.name))}

@@ -290,7 +290,7 @@ def iter_step_blocks(run, block: int = 256, rows=None, tensor: str = "W",
 
     `run` is a run-store reader with ``run.steps`` (the recorded step labels) and
     ``run.tensor(name, steps=slice(first, last + 1), rows=..., kind="bits")`` returning a (T, N, D) uint16
-    array (`experiments.recording.Run` does). The overlap
+    array (`experiments.store.recording.Run` does). The overlap
     lets each block compute ΔW′ on its own; `LifecycleTracker.update` drops the repeated frame.
     `stored=True` yields whatever the recording holds instead of insisting on bf16 bits: uint16 patterns
     for bf16, float32 for fp32 runs (the geometry analyses accept both).

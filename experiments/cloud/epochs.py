@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from experiments.geometry import CloudTrack, row_selection, run_cloud
+from experiments.cloud.geometry import CloudTrack, row_selection, run_cloud
 
 FREEZE_DEFINITIONS = ("velocity<1%peak", "90%frozen", "90%frozen-sustained", "global")
 

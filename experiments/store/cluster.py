@@ -35,7 +35,7 @@ import time
 import uuid
 from pathlib import Path
 
-from experiments import runs
+from experiments.store import runs
 from experiments.errors import ConfigError, DataError
 
 TOPIC = "lab-progress"

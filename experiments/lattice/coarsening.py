@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments import blackholes, lattice
 from experiments.bits import random_low_bits, stochastic_round
+from experiments.lattice import blackholes
+from experiments.lattice import lifecycle as lattice
 
 JOHN_NORM = 0.370917  # L2 norm of Qwen3-4B's largest black hole, as the seeds report it (lore/coarsening-hypothesis.qmd)
 JOHN_DIM = 2560

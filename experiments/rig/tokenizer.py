@@ -28,8 +28,16 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.trainers import BpeTrainer
 from tqdm import tqdm
 
-from .corpus import Corpus, Loader, atomic_write, build_corpus, data_dir, module_source_sha256, sha256_hex
-from .errors import ConfigError, DataError
+from experiments.errors import ConfigError, DataError
+from experiments.rig.corpus import (
+    Corpus,
+    Loader,
+    atomic_write,
+    build_corpus,
+    data_dir,
+    module_source_sha256,
+    sha256_hex,
+)
 
 # Bump when a cached tokenizer or id stream would mean something different.
 FORMAT = 1

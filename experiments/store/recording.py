@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments.bits import as_bf16
 from experiments.errors import DamagedRunError, DataError
-from experiments.record import DIGEST_ATTR, STEP_TENSORS, h5_reason
+from experiments.rig.record import DIGEST_ATTR, STEP_TENSORS, h5_reason
 
 REPAIR = "`lab gc --damaged` deletes it and the next `lab train` or experiments.run trains it again"
 _SCALARS = ("loss", "lr", "clip_scale")  # index i holds training step i + 1
@@ -200,7 +200,7 @@ class Run:
         self.versions = json.loads(a["versions"])
         self.created = str(a["created"])
         self.description = str(a.get("description", ""))
-        # the AdamW kernel laws of the machine that trained the run (experiments.laws); None in older runs
+        # the AdamW kernel laws of the machine that trained the run (experiments.physics.laws); None in older runs
         self.kernel_laws = json.loads(a["kernel_laws"]) if "kernel_laws" in a else None
         # the machine that completed the training (runs.trained_on); None in runs written before it was recorded
         self.trained_on = json.loads(a["trained_on"]) if "trained_on" in a else None
@@ -255,7 +255,7 @@ class Run:
 
     def census(self, top: int = 20, examples: int = 10) -> dict:
         """Live/dead census of this run's vocabulary on its training text (tokenizer.census_of_counts)."""
-        from experiments.census import census_of_counts
+        from experiments.lattice.census import census_of_counts
 
         with self._open() as f:
             manifest = json.loads(f.attrs["corpus_manifest"]) if "corpus_manifest" in f.attrs else {}

@@ -4,7 +4,7 @@ A run is replayable when it recorded W, m, v and grad at consecutive steps (t �
 or with fp32 master weights, with any AdamW implementation (single, foreach, fused). The replay uses only
 the recording: W[t−1], m[t−1], v[t−1], grad[t], the step's lr and clip scale, and the config's β, ε, λ,
 with the kernel laws of the machine that trained the run (recorded in the run file; probed here for older
-runs, see `experiments.laws`). Kernels that no law reproduces (the fused step, a library square root) are
+runs, see `experiments.physics.laws`). Kernels that no law reproduces (the fused step, a library square root) are
 borrowed from this machine's torch, and the report says so. When the replay is not exact, the first
 mismatching step is taken apart: which tensor, which kernel's law would reproduce it, or whether the
 differences look like damaged data rather than arithmetic.
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments import adam
-from experiments import laws as kernel_laws
 from experiments.bits import ordinal, stochastic_round
-from experiments.config import PRECISIONS
 from experiments.errors import DataError
+from experiments.physics import adam
+from experiments.physics import laws as kernel_laws
+from experiments.rig.config import PRECISIONS
 
 TENSORS = ("W", "m", "v")
 
@@ -97,7 +97,7 @@ class _SRNoise:
     def __init__(self, run):
         import torch
 
-        from experiments.model import GPT
+        from experiments.rig.model import GPT
 
         self.torch = torch
         V = int(np.asarray(run.dead).size)
@@ -156,7 +156,7 @@ def _machine(m: dict) -> str:
 def machines_of(run) -> str:
     """Where the run was trained and where it is replayed: a difference found here is traced to a machine
     (a cluster trains runs on many)."""
-    from experiments.runs import trained_on
+    from experiments.store.runs import trained_on
 
     here, there = trained_on(), run.trained_on
     if not there:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments import adam
 from experiments.bits import row_cosine
 from experiments.errors import DataError
+from experiments.physics import adam
 
 
 @dataclass

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.bits import as_values
-from experiments.derived import cached
-from experiments.geometry import _row_changed, iter_blocks, row_norms, row_selection
+from experiments.cloud.geometry import _row_changed, iter_blocks, row_norms, row_selection
+from experiments.store.derived import cached
 
 # ---------------------------------------------------------------------------------------------------------
 # null models and significance
@@ -281,7 +281,7 @@ def run_shell(run, rows=None, block: int = 64, tensor: str = "W") -> ShellMotion
 def run_cloud_and_shell(run, rows=None, block: int = 64, tensor: str = "W"):
     """(CloudTrack, ShellMotion) of a run's rows (default: the recorded dead rows) from one read of each block
     of steps: the same results as `geometry.run_cloud` and `run_shell`, reading the recording once."""
-    from experiments.geometry import _concat_tracks, cloud_track
+    from experiments.cloud.geometry import _concat_tracks, cloud_track
 
     ids, selection = row_selection(run, rows)
     tracker, parts = ShellTracker(ids), []

@@ -15,7 +15,7 @@ computes in float32 ("opmath") and rounds its result to bf16 once, round to near
 
 Bias corrections and the step size are Python doubles. How each kernel computes (where a scalar is rounded
 to bf16 first, which multiply-add is fused, whether the square root is correctly rounded) is not written
-down here but probed on the running machine by `experiments.laws`; e.g. foreach rounds the scalars of its
+down here but probed on the running machine by `experiments.physics.laws`; e.g. foreach rounds the scalars of its
 `mul_` (1 − ηλ and β₂) to bf16, so at β₂ = 0.95 it multiplies by 0.94921875, and MKL's float32 square root
 is not correctly rounded on AVX-512. The gradient is the recorded (unclipped) one times the recorded clip
 scale (clip_grad_norm_ multiplies in place, one rounding). The fused implementation runs the whole step as
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from experiments.bits import from_float32, to_float32
-from experiments.laws import fma32, kernel  # noqa: F401  (fma32: the one fused multiply-add, used by tests)
+from experiments.physics.laws import fma32, kernel  # noqa: F401  (fma32: the one fused multiply-add, used by tests)
 
 F32 = np.float32
 
@@ -95,8 +95,7 @@ def _val(x: np.ndarray, bf16: bool) -> np.ndarray:
 
 def laws_for(bf16: bool, impl: str = "foreach", laws: dict | None = None) -> dict:
     """The arithmetic of one step: the structure (`LAWS`), this machine's probed kernel laws, then overrides."""
-    from experiments import laws as kernel_laws
-
+    from experiments.physics import laws as kernel_laws
     probed = kernel_laws.current(bf16, impl)
     if impl == "fused":  # decompositions of a fused run take the single-tensor kernels as the nearest model
         probed = {**kernel_laws.current(bf16, "single"), **probed}
@@ -126,7 +125,7 @@ def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: boo
 
 def _fused_step(W, m, v, g, t: int, hp: Hyper, bf16: bool, law: dict) -> StepResult:
     """The fused implementation is one float32 kernel; its law is borrowed whole from the library."""
-    from experiments.laws import torch_fused_step
+    from experiments.physics.laws import torch_fused_step
 
     if not str(law.get("step", "library")).startswith("library"):
         raise ValueError(f"fused AdamW has no numpy law {law['step']!r}; it is replayed through the library")
@@ -181,7 +180,7 @@ def _truthy(value) -> bool:
 
 # The structure of the step as PyTorch executes it; a negative control replaces one part. The kernels'
 # own arithmetic (which scalar is rounded where, which multiply-add is fused, whose square root) is not
-# assumed: `experiments.laws` probes it on this machine, and a key here ("sqrt": "library" or "ieee",
+# assumed: `experiments.physics.laws` probes it on this machine, and a key here ("sqrt": "library" or "ieee",
 # "beta2": "f32", ...) overrides one kernel. The old spellings "decay" / "eps" for the order and the place
 # of ε still work as negative controls.
 LAWS = {"decay_order": "before", "eps_place": "outside", "round_each_op": True}

@@ -1,6 +1,6 @@
 """Derived results: what an analysis computed from recorded runs, stored next to the runs and read back.
 
-    from experiments.derived import cached
+    from experiments.store.derived import cached
 
     @cached
     def run_cloud(run, rows=None, block=128): ...      # the first call computes and stores, later ones read
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.fingerprint import digest
+from experiments.store.fingerprint import digest
 
 FORMAT = 1  # bump when the file layout or the encoding changes: every entry is then recomputed
 DIRNAME = "derived"
@@ -159,7 +159,7 @@ def _edited_since_loaded(code: dict) -> bool:
 
 
 def _is_run(x) -> bool:
-    recording = sys.modules.get("experiments.recording")
+    recording = sys.modules.get("experiments.store.recording")
     return recording is not None and isinstance(x, recording.Run)
 
 
@@ -415,7 +415,7 @@ def cached(fn=None, *, ignore: tuple = ()):
 def collect(store: str | Path, live_keys, dry_run: bool = False) -> list[Path]:
     """Delete the derived results of runs not in `live_keys` (an entry of several runs goes with any of
     them) and temporary files of dead writers. Returns what was (or would be) deleted."""
-    from experiments import runs  # the store's own liveness test for temp files (runs imports us lazily too)
+    from experiments.store import runs  # the store's own liveness test for temp files (runs imports us lazily too)
 
     root = Path(store) / DIRNAME
     live = set(live_keys)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from experiments.errors import ConfigError, DataError, ResumeError
-from experiments.record import Recorder
+from experiments.rig.record import Recorder
 
 _FLUSH_EVERY = 50  # steps of loss/lr/clip buffered before a write (keeps per-step device syncs away)
 
@@ -264,7 +264,7 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from experiments.model import GPT
+    from experiments.rig.model import GPT
 
     t_cfg, o_cfg, prec = cfg["train"], cfg["optim"], cfg["precision"]["dtype"]
     device = torch.device(t_cfg["device"])

@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from experiments.bits import as_values, row_cosine
-from experiments.derived import cached
-from experiments.lattice import iter_step_blocks
-from experiments.recording import step_indices
+from experiments.lattice.lifecycle import iter_step_blocks
+from experiments.store.derived import cached
+from experiments.store.recording import step_indices
 
 
 @dataclass

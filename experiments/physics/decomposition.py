@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments import adam, lattice
 from experiments.errors import DataError
+from experiments.lattice import lifecycle as lattice
+from experiments.physics import adam
 
 
 @dataclass

@@ -6,7 +6,7 @@ onto `DEFAULTS` (mappings merge key by key, everything else replaces). Overrides
 when exactly one section has that leaf (`steps` is ambiguous: train.steps or record.steps).
 
 Sections (see DEFAULTS for every key and its default):
-  corpus, tokenizer  -- owned by experiments.corpus / experiments.tokenizer, validated there
+  corpus, tokenizer  -- owned by experiments.rig.corpus / experiments.rig.tokenizer, validated there
   model              -- d_model, n_layers, n_heads, d_ff, context, tied, init_std, tagged (null, or
                         {ids: 2**k token ids, control: [ids], scale, at: first | origin}: the ids start as
                         the vertices of a k-cube of edge `scale` in coordinates 0..k-1 around the first
@@ -50,11 +50,11 @@ from typing import Any
 
 import yaml
 
-from experiments.corpus import DEFAULT_CORPUS, validate_corpus_config
 from experiments.errors import ConfigError
-from experiments.tokenizer import DEFAULT_TOKENIZER, validate_tokenizer_config
+from experiments.rig.corpus import DEFAULT_CORPUS, validate_corpus_config
+from experiments.rig.tokenizer import DEFAULT_TOKENIZER, validate_tokenizer_config
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 PRECISIONS = ("bf16", "fp32", "fp32-master-rne", "fp32-master-sr")
 SCHEDULES = ("constant", "linear", "cosine")

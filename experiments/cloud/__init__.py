@@ -1,0 +1,1 @@
+"""The cloud of dead rows as a body: geometry (centroid, radii, populations), the shell and the epochs of a run."""

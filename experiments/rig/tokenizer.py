@@ -1,6 +1,6 @@
 """The Flannel tokenizer: a character-level BPE (its live/dead census is census.py).
 
-Recipe (the seeds' B3/1.19b): HF ``tokenizers`` BPE model, Whitespace pre-tokenizer (word-character runs and
+Recipe (the seeds' own; tests/corpus/test_tokenizer.py checks it): HF ``tokenizers`` BPE model, Whitespace pre-tokenizer (word-character runs and
 punctuation runs; whitespace is dropped), no normalizer, no byte fallback, ``initial_alphabet`` = every
 distinct character of the tokenizer text, ``min_frequency`` 2, one special token ``<|endoftext|>`` (id 0).
 Not byte-level: every token decodes to clean Unicode, and the whole alphabet (whitespace characters and

@@ -243,19 +243,213 @@ def lr_at(o_cfg: dict, step: int, steps: int) -> float:
     return lr * (max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))) * (1 - floor) + floor)
 
 
+def _layout(prec: str) -> dict[str, str]:
+    """Each recordable tensor's stored dtype under precision `prec`: W, E and grad as the model holds them, m
+    and v as the optimizer does (fp32 beside fp32 masters), h_mean and master always float32."""
+    bits = "float32" if prec == "fp32" else "bfloat16"
+    state = "float32" if prec.startswith("fp32-master") or prec == "fp32" else "bfloat16"
+    return {"W": bits, "E": bits, "m": state, "v": state, "grad": bits, "h_mean": "float32", "master": "float32"}
+
+
+def _open_recording(cfg: dict, prepared, path, attrs: dict, tokens, steps, resume,
+                    device) -> tuple[Recorder, dict | None]:
+    """The recording, and the checkpoint's state when resuming: the interrupted recording becomes `path` and
+    continues its digests from the checkpoint (or rebuilds them on the writer thread while torch is set up)."""
+    state = None
+    if resume is not None:
+        state = _load(resume, attrs["key"], device)
+        _take_over(resume, state, Path(path))
+    dtypes = _layout(cfg["precision"]["dtype"])
+    rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=cfg["train"]["steps"],
+                   d_model=cfg["model"]["d_model"], tensors={k: dtypes[k] for k in cfg["record"]["tensors"]},
+                   dead=prepared.dead, counts=prepared.counts,
+                   resume_at=None if state is None else int(state["step"]),
+                   digests=None if state is None else state.get("digests"))
+    return rec, state
+
+
+def _build(cfg: dict, V: int, device) -> tuple[Any, list | None, Any, Any]:
+    """(model, master, opt, sr_gen): the model drawn from init_seed (CPU, fp32) and cast to its precision (.to()
+    rounds to nearest even); under fp32-master-* the fp32 master copies, which AdamW then updates instead of
+    the model's parameters; under fp32-master-sr the stochastic-rounding generator (sr_seed)."""
+    import torch
+
+    from experiments.rig.model import GPT
+
+    prec, o_cfg = cfg["precision"]["dtype"], cfg["optim"]
+    model = GPT(V, cfg["model"])
+    model.init_weights(torch.Generator().manual_seed(cfg["train"]["init_seed"]))
+    master = None
+    if prec == "fp32":
+        model = model.to(device)
+    else:
+        if prec.startswith("fp32-master"):
+            master = [p.detach().to(device, torch.float32).clone().requires_grad_(True)
+                      for p in model.parameters()]
+        model = model.to(device=device, dtype=torch.bfloat16)
+    if _dtype_name(model.W) != _layout(prec)["W"]:  # the recording's layout was chosen before the model existed
+        raise RuntimeError(f"{prec}: W is {model.W.dtype}, the recording expects {_layout(prec)['W']}")
+    impl = o_cfg["impl"]
+    try:
+        opt = torch.optim.AdamW(master if master is not None else list(model.parameters()), lr=o_cfg["lr"],
+                                betas=tuple(o_cfg["betas"]), eps=o_cfg["eps"], weight_decay=o_cfg["weight_decay"],
+                                foreach=impl == "foreach", fused=impl == "fused")
+    except RuntimeError as e:
+        raise ConfigError(f"optim.impl: {impl} is not available here: {e}") from None
+    sr_gen = None
+    if prec == "fp32-master-sr":
+        sr_gen = torch.Generator(device=device).manual_seed(cfg["precision"]["sr_seed"])
+    return model, master, opt, sr_gen
+
+
+class _Snapshots:
+    """A step's recorded tensors, handed to `Recorder.write_step` as bit patterns of the recorded rows (live
+    tensors as views: write_step copies them before it returns)."""
+
+    def __init__(self, rec: Recorder, cfg: dict, tokens: np.ndarray, model, opt, master, device):
+        import torch
+
+        self.rec, self.wanted, self.model, self.opt = rec, cfg["record"]["tensors"], model, opt
+        self.dtypes = _layout(cfg["precision"]["dtype"])
+        params = list(model.parameters())
+        w_index = next(i for i, p in enumerate(params) if p is model.W)
+        self.opt_W = (master if master is not None else params)[w_index]  # what AdamW updates for W
+        self.shape = (len(tokens), model.W.shape[1])
+        self.rows_t = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        self.all_rows = len(tokens) == model.W.shape[0]
+
+    def _rows(self, t) -> np.ndarray:
+        return _bits(t.detach() if self.all_rows else t.detach().index_select(0, self.rows_t))
+
+    def _zeros(self, name: str) -> np.ndarray:
+        return np.zeros(self.shape, np.uint16 if self.dtypes[name] == "bfloat16" else np.float32)
+
+    def gradient(self, step: int, h) -> None:
+        """grad (W's rows, unclipped) and h_mean (the final hidden state's mean) of `step`, after backward."""
+        out = {}
+        if "grad" in self.wanted:
+            out["grad"] = self._rows(self.model.W.grad)
+        if "h_mean" in self.wanted:
+            out["h_mean"] = h.detach().float().mean(dim=(0, 1)).cpu().numpy()
+        if out:
+            self.rec.write_step(step, out)
+
+    def state(self, step: int) -> None:
+        """W, E, master, m, v after `step` (m, v zero before the first update); at step 0, before any forward,
+        also grad (zero rows) and h_mean (NaN)."""
+        adam = self.opt.state.get(self.opt_W, {})
+        live = {"W": self.model.W, "E": self.model.E, "master": self.opt_W, "m": adam.get("exp_avg"),
+                "v": adam.get("exp_avg_sq")}
+        out = {name: self._zeros(name) if t is None else self._rows(t)
+               for name, t in live.items() if name in self.wanted}
+        if step == 0:
+            if "grad" in self.wanted:
+                out["grad"] = self._zeros("grad")
+            if "h_mean" in self.wanted:
+                out["h_mean"] = np.full(self.shape[1], np.nan, np.float32)
+        self.rec.write_step(step, out)
+
+
+def _to_master(master: list, params: list) -> None:
+    """Move the bf16 model's gradients onto the fp32 master copies (as fp32)."""
+    import torch
+
+    for mp, p in zip(master, params, strict=True):
+        mp.grad = p.grad.to(torch.float32)
+        p.grad = None
+
+
+def _clip(params: list, clip: float | None, device):
+    """Scale the gradients of `params` to total norm at most `clip` with exactly torch.nn.utils.clip_grad_norm_'s
+    arithmetic; the applied scale as a 0-d float32 tensor (1.0 when `clip` is None)."""
+    import torch
+
+    if clip is None:
+        return torch.ones((), device=device)
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=False)
+    scale = torch.clamp(clip / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.device))
+    return scale.detach().float()
+
+
+def _step(opt, lr: float, master: list | None, params: list, sr_gen) -> None:
+    """One AdamW step at `lr`, gradients dropped; then the fp32 masters (if any) written into the bf16 model,
+    rounded to nearest even or, with `sr_gen`, stochastically."""
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if master is not None:
+        with torch.no_grad():
+            for mp, p in zip(master, params, strict=True):
+                if sr_gen is None:
+                    p.copy_(mp)
+                else:
+                    _stochastic_round_(p, mp.detach(), sr_gen)
+
+
+class _Scalars:
+    """Loss, lr and clip scale per step, kept (on the device) until `flush` writes them and advances `bar`."""
+
+    def __init__(self, rec: Recorder, bar, name: str, first: int):
+        self.rec, self.bar, self.name = rec, bar, name
+        self.loss, self.lr, self.clip, self.start = [], [], [], first
+
+    def add(self, loss, lr: float, clip) -> None:
+        self.loss.append(loss.detach().float())
+        self.lr.append(lr)
+        self.clip.append(clip)
+
+    def due(self, step: int, last: int) -> bool:
+        return len(self.loss) >= _FLUSH_EVERY or step == last
+
+    def flush(self, step: int) -> float:
+        """Write the buffered steps (through `step`); the last loss. A non-finite loss raises DataError."""
+        import torch
+
+        losses = torch.stack(self.loss).cpu().numpy()
+        self.rec.write_scalars(self.start, losses, np.asarray(self.lr, np.float64),
+                               torch.stack(self.clip).cpu().numpy())
+        self.bar.update(len(self.loss))
+        self.bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        self.loss, self.lr, self.clip, self.start = [], [], [], step + 1
+        if not np.isfinite(losses).all():
+            raise DataError(f"{self.name}: loss became {losses[-1]} at step {step}; try a lower optim.lr")
+        return float(losses[-1])
+
+
+class _Pace:
+    """The loop's wall time and its fastest 10-step window per step: its speed on a shared machine, where
+    totals include other load (CPU timing: the loop does not sync a GPU)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.stamps, self.best = collections.deque([self.started], maxlen=11), float("inf")
+
+    def tick(self) -> None:
+        self.stamps.append(time.perf_counter())
+        if len(self.stamps) == self.stamps.maxlen:
+            self.best = min(self.best, (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1))
+
+    def summary(self, steps: int) -> dict[str, float]:
+        seconds = time.perf_counter() - self.started
+        return {"seconds": seconds, "best_step_seconds": self.best if self.best < float("inf") else seconds / steps}
+
+
 def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress: bool = True,
           checkpoint: str | Path | None = None, every: int = 0, resume: str | Path | None = None) -> dict:
-    """Train `cfg` (resolved, device fixed) on `prepared` data, recording into `path`.
+    """Train `cfg` (resolved, device fixed) on `prepared` data, recording into `path`; returns final_loss,
+    tokens (rows recorded), steps_recorded, seconds (the loop's wall time) and best_step_seconds (`_Pace`).
 
-    Returns a summary: final_loss, tokens (rows recorded), steps_recorded, seconds (the loop's wall time),
-    best_step_seconds (the fastest 10-step window per step; CPU timing, the loop does not sync a GPU).
-
-    With `checkpoint` and `every` > 0, every `every` steps (a multiple of the scalar flush) the recording is
-    made durable and the training state (model, optimizer, master weights, random generators, data position)
-    saved to `checkpoint`. `resume` names such a checkpoint of an interrupted run: its recording is renamed to
-    `path` (the checkpoint re-pointed first) and continued in place after the checkpoint's step (the rows up
-    to it are never rewritten; the digests continue from the checkpoint's), recording exactly what an
-    uninterrupted run would.
+    With `checkpoint` and `every` > 0 (a multiple of the scalar flush), every `every` steps the recording is
+    made durable and the training state (model, optimizer, masters, generators, data position) saved to
+    `checkpoint`. `resume` names such a checkpoint of an interrupted run: its recording becomes `path` and is
+    continued in place after the checkpoint's step (earlier rows never rewritten, digests continued from the
+    checkpoint's), recording exactly what an uninterrupted run would.
 
     The file at `path` is complete (attr complete=1, fsynced) when this returns; on any exception it may be
     half-written and the caller removes it.
@@ -264,164 +458,53 @@ def train(cfg: dict, prepared, path: str | Path, attrs: dict[str, Any], progress
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from experiments.rig.model import GPT
-
-    t_cfg, o_cfg, prec = cfg["train"], cfg["optim"], cfg["precision"]["dtype"]
+    t_cfg, o_cfg, S, V = cfg["train"], cfg["optim"], cfg["train"]["steps"], prepared.vocab_size
     device = torch.device(t_cfg["device"])
-    V, S = prepared.vocab_size, t_cfg["steps"]
     tokens, steps = plan(cfg, prepared.dead)
-    wanted = cfg["record"]["tensors"]
-
-    # the recording first: a resumed one continues its digests from the checkpoint (or rebuilds them on the
-    # writer thread while torch is set up)
-    bits = "float32" if prec == "fp32" else "bfloat16"  # W (and E, grad) as the model holds them
-    state_dtype = "float32" if prec.startswith("fp32-master") or prec == "fp32" else "bfloat16"
-    dtypes = {"W": bits, "E": bits, "m": state_dtype, "v": state_dtype, "grad": bits, "h_mean": "float32",
-              "master": "float32"}
-    state = None
-    if resume is not None:  # the interrupted recording becomes ours and is continued in place
-        state = _load(resume, attrs["key"], device)
-        _take_over(resume, state, Path(path))
-    rec = Recorder(path, attrs=attrs, tokens=tokens, steps=steps, steps_total=S, d_model=cfg["model"]["d_model"],
-                   tensors={k: dtypes[k] for k in wanted}, dead=prepared.dead, counts=prepared.counts,
-                   resume_at=None if state is None else int(state["step"]),
-                   digests=None if state is None else state.get("digests"))
+    rec, state = _open_recording(cfg, prepared, path, attrs, tokens, steps, resume, device)
     with _aborted_on_error(rec), _torch_settings(t_cfg["threads"], t_cfg["device"]):
-        model = GPT(V, cfg["model"])
-        model.init_weights(torch.Generator().manual_seed(t_cfg["init_seed"]))
-        master = None
-        if prec == "fp32":
-            model = model.to(device)
-        else:
-            if prec.startswith("fp32-master"):
-                master = [p.detach().to(device, torch.float32).clone().requires_grad_(True)
-                          for p in model.parameters()]
-            model = model.to(device=device, dtype=torch.bfloat16)  # .to() rounds to nearest even
-        if _dtype_name(model.W) != bits:  # the recording's layout was chosen before the model existed
-            raise RuntimeError(f"{prec}: W is {model.W.dtype}, the recording expects {bits}")
+        model, master, opt, sr_gen = _build(cfg, V, device)
         params = list(model.parameters())
-        opt_params = master if master is not None else params
-        impl = o_cfg["impl"]
-        try:
-            opt = torch.optim.AdamW(opt_params, lr=o_cfg["lr"], betas=tuple(o_cfg["betas"]), eps=o_cfg["eps"],
-                                    weight_decay=o_cfg["weight_decay"], foreach=impl == "foreach",
-                                    fused=impl == "fused")
-        except RuntimeError as e:
-            raise ConfigError(f"optim.impl: {impl} is not available here: {e}") from None
-        w_index = next(i for i, p in enumerate(params) if p is model.W)
-        opt_W = opt_params[w_index]
-        sr_gen = None
-        if prec == "fp32-master-sr":
-            sr_gen = torch.Generator(device=device).manual_seed(cfg["precision"]["sr_seed"])
-
-        rows_t = torch.from_numpy(tokens.astype(np.int64)).to(device)
-        all_rows = len(tokens) == V
-
-        def rows_of(t):
-            return t.detach() if all_rows else t.detach().index_select(0, rows_t)
-
+        snap = _Snapshots(rec, cfg, tokens, model, opt, master, device)
         batches = Batches(prepared.ids, cfg)
-        first = 1
-        if state is not None:
-            first = _restore(state, resume, model, opt, master, sr_gen, batches) + 1
-            state = None
-
-        # write_step copies what it is given before returning, so live tensors are handed over as views
-        def record_state(step: int) -> None:
-            out = {}
-            if "W" in wanted:
-                out["W"] = _bits(rows_of(model.W))
-            if "E" in wanted:
-                out["E"] = _bits(rows_of(model.E))
-            if "master" in wanted:
-                out["master"] = _bits(rows_of(opt_W))
-            state = opt.state.get(opt_W, {})
-            for name, key in (("m", "exp_avg"), ("v", "exp_avg_sq")):
-                if name in wanted:
-                    s = state.get(key)
-                    out[name] = (_bits(rows_of(s)) if s is not None else
-                                 np.zeros((len(tokens), model.W.shape[1]),
-                                          np.uint16 if state_dtype == "bfloat16" else np.float32))
-            if step == 0:  # no forward yet: grad rows 0, h_mean NaN (later steps write them after backward)
-                if "grad" in wanted:
-                    out["grad"] = np.zeros((len(tokens), model.W.shape[1]),
-                                           np.uint16 if dtypes["grad"] == "bfloat16" else np.float32)
-                if "h_mean" in wanted:
-                    out["h_mean"] = np.full(model.W.shape[1], np.nan, np.float32)
-            rec.write_step(step, out)
-
+        first = 1 if state is None else _restore(state, resume, model, opt, master, sr_gen, batches) + 1
+        state = None  # the checkpoint's tensors are not kept through the loop
         if rec.wants(0) and first == 1:
-            record_state(0)
-        buf_loss, buf_lr, buf_clip, buf_start = [], [], [], first
+            snap.state(0)  # step 0: the initialization
         bar = tqdm(total=S, initial=first - 1, desc=cfg["name"], unit="step", disable=not progress,
                    mininterval=0.5)
-        started = time.perf_counter()
-        # fastest 10-step window: the loop's speed on a shared machine, where totals include other load
-        stamps, best_step = collections.deque([started], maxlen=11), float("inf")
+        scalars, pace = _Scalars(rec, bar, cfg["name"], first), _Pace()
         for step in range(first, S + 1):
+            # batch: the next batch_size windows of seq_len tokens, in data_seed's order
             x = batches.next().to(device, non_blocking=True)
+            # forward and loss: next-token cross-entropy at every position
             logits, h = model(x[:, :-1], return_hidden=True)
             loss = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
+            # backward; grad and h_mean recorded now, before clipping scales the gradient in place
             loss.backward()
             recording = rec.wants(step)
-            if recording and ("grad" in wanted or "h_mean" in wanted):
-                # written now: clipping scales the gradient in place before the step's other tensors
-                early = {}
-                if "grad" in wanted:
-                    early["grad"] = _bits(rows_of(model.W.grad))
-                if "h_mean" in wanted:
-                    early["h_mean"] = h.detach().float().mean(dim=(0, 1)).cpu().numpy()
-                rec.write_step(step, early)
-            if master is not None:
-                for mp, p in zip(master, params, strict=True):
-                    mp.grad = p.grad.to(torch.float32)
-                    p.grad = None
-            grads = [p.grad for p in opt_params if p.grad is not None]
-            if o_cfg["clip"] is not None:
-                # exactly torch.nn.utils.clip_grad_norm_'s arithmetic, keeping the applied scale
-                total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=False)
-                scale = torch.clamp(o_cfg["clip"] / (total + 1e-6), max=1.0)
-                for g in grads:
-                    g.mul_(scale.to(g.device))
-                buf_clip.append(scale.detach().float())
-            else:
-                buf_clip.append(torch.ones((), device=device))
-            lr = lr_at(o_cfg, step, S)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if master is not None:
-                with torch.no_grad():
-                    for mp, p in zip(master, params, strict=True):
-                        if sr_gen is None:
-                            p.copy_(mp)
-                        else:
-                            _stochastic_round_(p, mp.detach(), sr_gen)
-            buf_loss.append(loss.detach().float())
-            buf_lr.append(lr)
             if recording:
-                record_state(step)
-            stamps.append(time.perf_counter())
-            if len(stamps) == stamps.maxlen:
-                best_step = min(best_step, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
-            if len(buf_loss) >= _FLUSH_EVERY or step == S:
-                losses = torch.stack(buf_loss).cpu().numpy()
-                rec.write_scalars(buf_start, losses, np.asarray(buf_lr, np.float64),
-                                  torch.stack(buf_clip).cpu().numpy())
-                bar.update(len(buf_loss))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-                buf_loss, buf_lr, buf_clip, buf_start = [], [], [], step + 1
-                if not np.isfinite(losses).all():
-                    raise DataError(f"{cfg['name']}: loss became {losses[-1]} at step {step}; "
-                                    f"try a lower optim.lr")
+                snap.gradient(step, h)
+            # clip, on the fp32 masters' gradients where there are masters; the scale is recorded
+            if master is not None:
+                _to_master(master, params)
+            clip = _clip(master if master is not None else params, o_cfg["clip"], device)
+            # lr and optimizer step (fp32 masters then written into the bf16 model, RNE or stochastic)
+            lr = lr_at(o_cfg, step, S)
+            _step(opt, lr, master, params, sr_gen)
+            scalars.add(loss, lr, clip)
+            # record W, E, master, m, v: m[t], v[t] are the states that produced W[t]
+            if recording:
+                snap.state(step)
+            pace.tick()
+            # flush the scalars (every _FLUSH_EVERY steps and the last), then checkpoint on a multiple of `every`
+            if scalars.due(step, S):
+                final_loss = scalars.flush(step)
                 if checkpoint is not None and every and step % every == 0 and step < S:
                     rec.checkpoint()
                     _save(checkpoint, step, attrs["key"], path, model, opt, master, sr_gen, batches,
                           rec.digest_state())
         bar.close()
-        seconds = time.perf_counter() - started
-        final_loss = float(losses[-1])
+        summary = pace.summary(S)
         rec.finish({"final_loss": final_loss})
-    return {"final_loss": final_loss, "tokens": len(tokens), "steps_recorded": len(steps), "seconds": seconds,
-            "best_step_seconds": best_step if best_step < float("inf") else seconds / S}
+    return {"final_loss": final_loss, "tokens": len(tokens), "steps_recorded": len(steps), **summary}

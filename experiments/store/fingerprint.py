@@ -169,12 +169,13 @@ def _key_of(parts: dict) -> str:
 
 
 def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_run: bool = False,
-          pattern: str = "*.h5", key: str | None = None) -> list[tuple]:
+          pattern: str = "*.h5", key: str | None = None, say=None) -> list[tuple]:
     """Give every run whose recorded code is semantically today's, or declared equivalent to it, the key it
     would get now (only runs matching `pattern`, and only the one that gets `key` if given).
 
     Returns (old path, new path) pairs. Only the key, `key_parts` and the file name change: the recording is
     the one the current code would make, so nothing is retrained. Runs that differ in anything are left alone.
+    `say(old, new)` is called before each copy (a large store takes a while).
     """
     import h5py
 
@@ -198,6 +199,8 @@ def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_r
         moves.append((path, target))
         if dry_run or target.exists():
             continue
+        if say is not None:
+            say(path, target)
         tmp = path.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.copyfile(path, tmp)  # the old run stays whole until the re-keyed copy is complete
         with h5py.File(tmp, "r+") as f:

@@ -598,7 +598,9 @@ def train_planned(requests: list[dict], jobs: int = 1, out=None, cluster=None) -
     out = out or sys.stdout
     started = time.monotonic()
     try:
-        rekeyed = rekey_runs()
+        rekeyed = rekey_runs(say=lambda old, new: print(f"plan: re-keying {old.name} -> {new.name} (its training "
+                                                        "code changed without changing the recording)",
+                                                        file=out, flush=True))
     except (OSError, ValueError) as e:
         rekeyed = []
         print(f"plan: warning: could not re-key stored runs: {e}", file=out, flush=True)
@@ -1015,11 +1017,11 @@ def stale_runs(store: str | Path | None = None) -> list[dict]:
     return out
 
 
-def rekey_runs(store: str | Path | None = None, dry_run: bool = False) -> list[tuple[Path, Path]]:
+def rekey_runs(store: str | Path | None = None, dry_run: bool = False, say=None) -> list[tuple[Path, Path]]:
     """Re-key runs whose recorded code is semantically today's or declared equivalent to it (see
     `fingerprint.rekey`); no retraining."""
     store = Path(store) if store is not None else store_dir()
-    return fingerprint.rekey(store, module_sources(), PACKAGE_DIR, dry_run=dry_run) if store.exists() else []
+    return fingerprint.rekey(store, module_sources(), PACKAGE_DIR, dry_run=dry_run, say=say) if store.exists() else []
 
 
 def _rekey_equivalent(store: Path, name: str, key: str, progress: bool) -> bool:

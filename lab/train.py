@@ -108,9 +108,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     # SIGTERM (kill, systemd, a batch system) stops it as cleanly as Ctrl-C
     with sigterm_as_interrupt(), local:
         address = local.scheduler_address
-        print(f"scheduler {address} with {workers} single-thread worker(s); Ctrl-C stops it", flush=True)
-        print(f"  lab train NAME --cluster {address}    lab render --cluster {address}", flush=True)
-        try:
+        try:  # from the first line printed: a signal may come as soon as the address is out
+            print(f"scheduler {address} with {workers} single-thread worker(s); Ctrl-C stops it", flush=True)
+            print(f"  lab train NAME --cluster {address}    lab render --cluster {address}", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt as e:

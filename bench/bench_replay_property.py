@@ -33,7 +33,7 @@ def main() -> int:
     print(f"property test: {args.examples} random recipes, {'all bit-exact' if rc == 0 else 'FAILED'}, "
           f"{took:.1f} s ({took / args.examples:.2f} s per recipe, training included)")
 
-    code = ("import time, torch, experiments; from experiments import laws\n"
+    code = ("import time, torch, experiments; from experiments.physics import laws\n"
             "t = time.perf_counter()\n"
             "for b in (True, False):\n"
             "    for i in laws.IMPLS: laws.current(b, i)\n"

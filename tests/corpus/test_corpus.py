@@ -198,7 +198,7 @@ def test_default_data_dir_follows_lab_store(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_STORE", str(tmp_path / "store"))
     assert corpus.data_dir() == tmp_path / "store" / "data"
     monkeypatch.delenv("LAB_STORE")
-    assert corpus.data_dir() == Path(corpus.__file__).resolve().parent.parent / "store" / "data"
+    assert corpus.data_dir() == Path(corpus.__file__).resolve().parents[2] / "store" / "data"
 
 
 def test_manifest_is_json_on_disk(tiny, tiny_cache):

@@ -134,10 +134,10 @@ def test_the_cached_sqrt_law_is_what_each_process_computes_whatever_it_imported_
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     env.pop("MKL_CBWR", None)
     for order in [*_ORDERS.values(), *_ORDERS.values()]:  # twice: the second round reads the cache
-        code = (f"{order}\nfrom experiments import laws\n"
+        code = (f"{order}\nfrom experiments.physics import laws\n"
                 "print(laws.current(False, 'single')['sqrt'], laws.probe_kernel('sqrt', False, 'single'))")
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                             cwd=str(Path(laws.__file__).parents[1]))
+                             cwd=str(Path(laws.__file__).parents[2]))
         assert out.returncode == 0, out.stderr
         cached, fresh = out.stdout.split()
         assert cached == fresh, (order, cached, fresh)

@@ -11,6 +11,7 @@ import math
 import sys
 
 from experiments.errors import ConfigError, DataError
+from experiments.rig.schema import Invalid
 from lab.cli import fail, interrupted, sigterm_as_interrupt
 
 
@@ -22,8 +23,8 @@ def _check_numbers(cfg: dict, overrides: dict, prefix: str = "") -> None:
             _check_numbers(value, overrides, dotted + ".")
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
-                given = next((f" (--set {k}={v})" for k in overrides if dotted.endswith(k)), "")
-                raise ConfigError(f"{dotted}: must be a finite number, got {v}{given}")
+                given = next((f"--set {k}={v}" for k in overrides if dotted.endswith(k)), None)
+                raise Invalid(dotted, f"{v} is not a finite number", "allowed: finite numbers only", given)
 
 
 def _check_device(device: str, flag: bool) -> None:

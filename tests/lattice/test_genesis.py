@@ -189,5 +189,5 @@ def test_lab_train_with_a_bad_tagged_key_is_one_line_naming_it(tmp_path):
     assert out.returncode != 0 and out.stdout == ""
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "model.tagged.scale: must be a positive number" in lines[0]
+    assert "model.tagged.scale: got -1 (allowed: a number > 0)" in lines[0]
     assert not list(tmp_path.glob("*.h5*"))

@@ -73,7 +73,7 @@ def test_train_runs_show_gc(lab, store, capsys):
 def test_errors_are_one_line_and_exit_2(lab, capsys):
     assert lab("train", "tiny", "--set", "optim.lr=-1") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("lab train: error: optim.lr: must be > 0") and "\n" not in err
+    assert err.startswith("lab train: error: optim.lr: got -1 (allowed: a number > 0)") and "\n" not in err
     assert lab("train", "missing") == 2
     assert "no preset named 'missing'" in capsys.readouterr().err
     assert lab("train", "tiny", "--set", "oops") == 2

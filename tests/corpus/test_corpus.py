@@ -48,7 +48,7 @@ def test_bad_config_names_the_key(cfg, key):
 
 
 def test_typo_suggests_the_right_key():
-    with pytest.raises(ConfigError, match="did you mean 'train_bytes'"):
+    with pytest.raises(ConfigError, match=r"^corpus\.train_byte: unknown key \(did you mean corpus\.train_bytes\?\)"):
         corpus.validate_corpus_config({"train_byte": 5000})
 
 

@@ -206,32 +206,34 @@ def test_non_finite_numbers_name_the_key(value):
         C.load_config("flannel-1", **{"optim.lr": value})
 
 
-# corpus.py keeps its own validator (its source text is recorded in every run file, so it is never edited for
-# style); the schema's corpus section must accept exactly what it accepts, and say the same key
-CORPUS_CASES = [
+# the corpus section is validated by the same schema walk, whether it comes through a config or straight to
+# corpus.build_corpus (validate_corpus_config)
+CORPUS_REJECTED = [
     {"train_byte": 5000}, {"train_bytes": "big"}, {"train_bytes": None}, {"train_bytes": True},
     {"tokenizer_bytes": 10}, {"thai_fraction": 1.5}, {"thai_fraction": "0.2"}, {"thai_fraction": float("nan")},
     {"seed": None}, {"seed": -1}, {"source": "web"}, {"english_parts": ["nope"]}, {"english_parts": []},
     {"english_parts": ["kjv", "kjv"]}, {"thai_parts": ["kjv"]}, {"thai_parts": []},
     {"fineweb": {"skip_english_docs": -1}}, {"fineweb": {"english_dataset": ""}}, {"fineweb": {"datset": "x"}},
-    # accepted by both
+]
+CORPUS_ACCEPTED = [
     {}, {"train_bytes": 5000}, {"thai_fraction": 0}, {"thai_fraction": 0, "thai_parts": []},
     {"source": "fineweb", "fineweb": {"skip_english_docs": 10000}}, {"english_parts": ["kjv"]},
 ]
 
 
-@pytest.mark.parametrize("cfg", CORPUS_CASES)
-def test_the_schema_checks_the_corpus_as_corpus_py_does(cfg):
-    try:
-        legacy, legacy_error = corpus.validate_corpus_config(cfg), None
-    except ConfigError as e:
-        legacy, legacy_error = None, str(e)
-    try:
-        checked, error = schema.check(C.SCHEMA, cfg, "corpus", C.CORPUS_SCHEMA[0].rules), None
-    except ConfigError as e:
-        checked, error = None, e
-    assert (legacy_error is None) == (error is None), (legacy_error, error)
-    if error is None:
-        assert checked == legacy
-    else:
-        assert STYLE.match(str(error)) and legacy_error.startswith(error.key + ":"), (legacy_error, str(error))
+@pytest.mark.parametrize("cfg", CORPUS_REJECTED)
+def test_a_bad_corpus_value_names_its_key_in_the_one_style(cfg):
+    with pytest.raises(ConfigError) as direct:
+        corpus.validate_corpus_config(cfg)
+    assert STYLE.match(str(direct.value)) and direct.value.key.startswith("corpus"), str(direct.value)
+    with pytest.raises(ConfigError) as through:
+        C.load_config({"name": "x", "corpus": cfg})
+    assert str(through.value).startswith(str(direct.value)), (str(through.value), str(direct.value))
+
+
+@pytest.mark.parametrize("cfg", CORPUS_ACCEPTED)
+def test_a_good_corpus_section_gets_its_defaults(cfg):
+    out = corpus.validate_corpus_config(cfg)
+    assert set(out) == set(corpus.DEFAULT_CORPUS)
+    assert all(out[k] == v for k, v in cfg.items() if k != "fineweb")
+    assert C.load_config({"name": "x", "corpus": cfg})["corpus"] == out

@@ -17,24 +17,22 @@ from pathlib import Path
 from lab.cli import fail, interrupted, sigterm_as_interrupt
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def _number(cast, least, kind: str, below: str):
+    """An argparse type: `text` read by `cast`, at least `least`; the messages name what was expected."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected {below}, got {value:g}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or more seconds, got {value:g}")
-    return value
+_positive_int = _number(int, 1, "a whole number", "at least 1")
+_seconds = _number(float, 0, "seconds", "0 (no limit) or more seconds")
 
 
 def _root(args: argparse.Namespace) -> Path:

@@ -141,11 +141,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             doomed = gc((), dry_run=args.dry_run, damaged=True)
         except (DataError, OSError) as e:
             return fail("gc", e)
-        verb = "would delete" if args.dry_run else "deleted"
-        for path in doomed:
-            print(f"{verb} {path}")
-        print(f"{verb} {len(doomed)} damaged run file(s); the next run of each trains it again")
-        return 0
+        return _deleted(doomed, args.dry_run, "damaged run file(s); the next run of each trains it again")
     try:
         keep = _used_run_keys()
         if not keep and not args.all and not args.dry_run:
@@ -156,10 +152,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
         doomed = gc(keep, dry_run=args.dry_run)
     except (ConfigError, DataError, OSError) as e:
         return fail("gc", e)
-    verb = "would delete" if args.dry_run else "deleted"
+    return _deleted(doomed, args.dry_run, f"file(s); kept runs used by {len(keep)} key(s)")
+
+
+def _deleted(doomed: list, dry_run: bool, what: str) -> int:
+    verb = "would delete" if dry_run else "deleted"
     for path in doomed:
         print(f"{verb} {path}")
-    print(f"{verb} {len(doomed)} file(s); kept runs used by {len(keep)} key(s)")
+    print(f"{verb} {len(doomed)} {what}")
     return 0
 
 

@@ -120,7 +120,7 @@ def lore_pages(pages) -> list:
 
 
 def store_dir(root: Path) -> Path:
-    """The run store: $LAB_STORE or <root>/store. The same rule as `experiments.store.runs.store_dir` (and
+    """The run store: $LAB_STORE or <root>/store. The same rule as `experiments.paths.store_dir` (and
     `experiments.rig.corpus.data_dir`), spelled again because publish never imports experiments."""
     return Path(os.environ.get("LAB_STORE") or Path(root) / "store")
 

@@ -22,7 +22,7 @@ from experiments.bits import ordinal, stochastic_round
 from experiments.errors import DataError
 from experiments.physics import adam
 from experiments.physics import laws as kernel_laws
-from experiments.rig.config import PRECISIONS
+from experiments.rig.config import MASTER_PRECISIONS, PRECISIONS
 
 TENSORS = ("W", "m", "v")
 
@@ -69,7 +69,7 @@ class Verification:
 
 
 # the precisions with fp32 master weights, spelled as config.py and train.py test them (startswith)
-MASTER = tuple(p for p in PRECISIONS if p.startswith("fp32-master"))
+MASTER = MASTER_PRECISIONS
 
 
 def variant_of(run) -> str:

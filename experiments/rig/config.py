@@ -48,6 +48,7 @@ from experiments.rig.schema import (
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 PRECISIONS = ("bf16", "fp32", "fp32-master-rne", "fp32-master-sr")
+MASTER_PRECISIONS = tuple(p for p in PRECISIONS if p.startswith("fp32-master"))  # fp32 masters written into bf16
 SCHEDULES = ("constant", "linear", "cosine")
 IMPLS = ("foreach", "single", "fused")
 DATASETS = ("sliding", "chunks")
@@ -104,7 +105,7 @@ def _tensors_exist(cfg: dict) -> None:
         raise Invalid("record.tensors", "got E with model.tied: true",
                       allowed("E, the untied output matrix, only with model.tied: false"))
     dtype = cfg["precision"]["dtype"]
-    if "master" in tensors and not dtype.startswith("fp32-master"):
+    if "master" in tensors and dtype not in MASTER_PRECISIONS:
         raise Invalid("record.tensors", f"got master with precision.dtype {dtype}",
                       allowed("master, the fp32 master copy of W, only with precision.dtype fp32-master-rne or "
                               "fp32-master-sr"))

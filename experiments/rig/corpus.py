@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 from filelock import FileLock
 from tqdm import tqdm
 
+from experiments import paths
 from experiments.errors import DataError
 from experiments.rig.schema import Choice, Int, Invalid, Key, ListOf, Num, Str, allowed, check
 
@@ -209,9 +210,8 @@ def sha256_hex(data: str | bytes) -> str:
 
 
 def data_dir() -> Path:
-    """Default cache directory: ``<store>/data`` with store = $LAB_STORE or ``<repo root>/store``."""
-    store = os.environ.get("LAB_STORE") or Path(__file__).resolve().parents[2] / "store"
-    return Path(store) / "data"
+    """Default cache directory: ``<store>/data`` (`experiments.paths.store_dir`)."""
+    return paths.store_dir() / "data"
 
 
 def atomic_write(path: Path, data: str | bytes | Callable[[Any], None]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from experiments.errors import ConfigError, DataError, ResumeError
+from experiments.rig.config import MASTER_PRECISIONS
 from experiments.rig.record import Recorder
 
 _FLUSH_EVERY = 50  # steps of loss/lr/clip buffered before a write (keeps per-step device syncs away)
@@ -247,7 +248,7 @@ def _layout(prec: str) -> dict[str, str]:
     """Each recordable tensor's stored dtype under precision `prec`: W, E and grad as the model holds them, m
     and v as the optimizer does (fp32 beside fp32 masters), h_mean and master always float32."""
     bits = "float32" if prec == "fp32" else "bfloat16"
-    state = "float32" if prec.startswith("fp32-master") or prec == "fp32" else "bfloat16"
+    state = "float32" if prec in MASTER_PRECISIONS or prec == "fp32" else "bfloat16"
     return {"W": bits, "E": bits, "m": state, "v": state, "grad": bits, "h_mean": "float32", "master": "float32"}
 
 
@@ -283,7 +284,7 @@ def _build(cfg: dict, V: int, device) -> tuple[Any, list | None, Any, Any]:
     if prec == "fp32":
         model = model.to(device)
     else:
-        if prec.startswith("fp32-master"):
+        if prec in MASTER_PRECISIONS:
             master = [p.detach().to(device, torch.float32).clone().requires_grad_(True)
                       for p in model.parameters()]
         model = model.to(device=device, dtype=torch.bfloat16)

@@ -35,8 +35,8 @@ import time
 import uuid
 from pathlib import Path
 
-from experiments.store import runs
 from experiments.errors import ConfigError, DataError
+from experiments.store import runs
 
 TOPIC = "lab-progress"
 RETRIES = 2  # a task that raised is tried this many more times (a dead worker: the scheduler's allowed-failures)

@@ -415,7 +415,9 @@ def cached(fn=None, *, ignore: tuple = ()):
 def collect(store: str | Path, live_keys, dry_run: bool = False) -> list[Path]:
     """Delete the derived results of runs not in `live_keys` (an entry of several runs goes with any of
     them) and temporary files of dead writers. Returns what was (or would be) deleted."""
-    from experiments.store import runs  # the store's own liveness test for temp files (runs imports us lazily too)
+    from experiments.store import (
+        runs,  # the store's own liveness test for temp files (runs imports us lazily too)
+    )
 
     root = Path(store) / DIRNAME
     live = set(live_keys)

@@ -37,10 +37,11 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from experiments.store import fingerprint
-from experiments.rig.config import canonical_json, load_config, resolve_device, sweep_members
+from experiments import paths
 from experiments.errors import ConfigError, DamagedRunError, DataError, ResumeError
+from experiments.rig.config import canonical_json, load_config, resolve_device, sweep_members
 from experiments.rig.record import DIGEST_ATTR, FORMAT_VERSION
+from experiments.store import fingerprint
 from experiments.store.recording import REPAIR, Run, check, open_reason
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # experiments/
@@ -50,10 +51,7 @@ _TMP_FILE = re.compile(r"^(?P<stem>.+-[0-9a-f]{16})\.h5\.tmp-(?P<pid>\d+)$")
 HEARTBEAT = 1.0  # seconds between $LAB_PROGRESS lines while a run trains
 
 
-def store_dir() -> Path:
-    """The run store: $LAB_STORE or <repo root>/store (corpus.data_dir and publish.generated.store_dir spell
-    the same rule again: corpus is on the training path, publish never imports experiments)."""
-    return Path(os.environ.get("LAB_STORE") or PACKAGE_DIR.parent / "store")
+store_dir = paths.store_dir  # $LAB_STORE or <repo root>/store
 
 
 def module_sources(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:

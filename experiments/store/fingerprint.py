@@ -202,10 +202,31 @@ def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_r
         if say is not None:
             say(path, target)
         tmp = path.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.copyfile(path, tmp)  # the old run stays whole until the re-keyed copy is complete
-        with h5py.File(tmp, "r+") as f:
-            f.attrs["key"] = new_key
-            f.attrs["key_parts"] = json.dumps(new_parts, sort_keys=True)
+        try:
+            shutil.copyfile(path, tmp)  # the old run stays whole until the re-keyed copy is complete
+            with h5py.File(tmp, "r+") as f:
+                f.attrs["key"] = new_key
+                f.attrs["key_parts"] = json.dumps(new_parts, sort_keys=True)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())  # on disk before the rename makes it the run and the old one goes
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)  # another process re-keyed it first
+            continue
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
-        path.unlink()
+        _fsync_dir(target.parent)
+        path.unlink(missing_ok=True)
     return moves
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

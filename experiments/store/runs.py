@@ -1033,5 +1033,5 @@ def _rekey_equivalent(store: Path, name: str, key: str, progress: bool) -> bool:
     if moved and progress:
         print(f"{name}: re-keyed {moved[0][0].name} -> {moved[0][1].name} (same recording, code declared "
               "equivalent)", file=sys.stderr)
-    return bool(moved) and (store / f"{name}-{key}.h5").exists()
+    return (store / f"{name}-{key}.h5").exists()  # moved here, or by another process meanwhile
 

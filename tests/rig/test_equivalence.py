@@ -126,3 +126,27 @@ def test_the_newest_declared_equivalence_holds_on_this_machine(tmp_path, tiny):
               (cfg, {"precision.dtype": "fp32", "optim.impl": "single", "record.tensors": ["W", "grad"]})]
     result = EQ.check(old, EQ.ROOT, matrix, tmp_path / "work", smoke=False)
     assert result["different"] == [] and result["runs"] == 3
+
+
+def test_a_rekey_that_fails_midway_keeps_the_old_run_whole(store, tiny, monkeypatch):
+    """A full disk while the re-keyed copy is written: the old run stays as it was, no temp file is left, and
+    the plan says it could not re-key (the document that needs the run then trains it, or says why not)."""
+    import errno
+
+    cfg = tiny(name="rekey-fails")
+    first = experiments.run(cfg, progress=False)
+    before, digest = _digests(R.module_sources()), _content(first.path)
+    _edit_train(monkeypatch, REFACTORED)
+    monkeypatch.setattr(FP, "equivalences", lambda path=None: ({"from": before, "to": _digests(R.module_sources())},))
+
+    def full_disk(src, dst):
+        with open(dst, "wb") as out:
+            out.write(open(src, "rb").read(1000))
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(FP.shutil, "copyfile", full_disk)
+    monkeypatch.setattr(R, "_train_children", lambda todo, jobs, steps, out: (0, []))  # plan only
+    out = io.StringIO()
+    R.train_planned([{"config": cfg}], out=out)
+    assert "could not re-key stored runs" in out.getvalue() and "No space left" in out.getvalue()
+    assert [p.name for p in store.glob("*.h5*")] == [first.path.name] and _content(first.path) == digest

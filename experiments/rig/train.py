@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import paths
 from experiments.errors import ConfigError, DataError, ResumeError
 from experiments.rig.config import MASTER_PRECISIONS
 from experiments.rig.record import Recorder
@@ -200,14 +201,7 @@ def _take_over(checkpoint, state: dict, path: Path) -> None:
     state["partial"], state["previous"] = str(path), partial
     _write_checkpoint(checkpoint, state)
     os.replace(partial, path)
-    try:  # the rename made durable, like the checkpoint's own replace
-        fd = os.open(Path(path).parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    paths.fsync_dir(Path(path).parent)  # the rename made durable, like the checkpoint's own replace
 
 
 def _restore(state: dict, checkpoint, model, opt, master, sr_gen, batches) -> int:

@@ -32,6 +32,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
+from experiments.paths import fsync_dir
+
 SCHEME = "ast-v1"  # recorded in key_parts["fingerprint"]; absent in runs keyed by source text
 
 
@@ -216,17 +218,6 @@ def rekey(store: Path, current_sources: dict[str, str], package_dir: Path, dry_r
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         path.unlink(missing_ok=True)
     return moves
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

@@ -176,19 +176,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def resolve(name_or_config: str | dict, **overrides: Any) -> dict:
     """The resolved config `run` would train: preset + overrides, validated, smoke-shrunk, device fixed."""
     return resolve_device(load_config(name_or_config, **overrides))
@@ -463,7 +450,7 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
             old = None
             train(cfg, prepared, tmp, attrs, progress=progress, **kwargs)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        paths.fsync_dir(final.parent)
         _discard(ckpt, old)
     except BaseException as e:
         # killed, interrupted or crashed: keep the recording its checkpoint points at, so the next call resumes

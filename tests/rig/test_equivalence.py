@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import pytest
@@ -107,9 +109,10 @@ def test_the_checker_tells_equal_code_from_code_that_changes_a_recording(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_newest_declared_equivalence_holds_on_this_machine(tmp_path, tiny):
+def test_the_newest_declared_equivalence_holds_on_this_machine(tmp_path, tiny, sub_env, monkeypatch):
     """The reference-equivalence test of a migration: the code before the newest entry and today's code make
-    byte-identical recordings here (a small matrix; the entry itself was earned on every preset)."""
+    byte-identical recordings here (a small matrix; the entry itself was earned on every preset), and a store
+    the old code wrote is taken over by today's without training: `lab runs` as users run it, then `run`."""
     entries = FP.equivalences()
     if not entries:
         pytest.skip("no equivalence declared")
@@ -126,6 +129,21 @@ def test_the_newest_declared_equivalence_holds_on_this_machine(tmp_path, tiny):
               (cfg, {"precision.dtype": "fp32", "optim.impl": "single", "record.tensors": ["W", "grad"]})]
     result = EQ.check(old, EQ.ROOT, matrix, tmp_path / "work", smoke=False)
     assert result["different"] == [] and result["runs"] == 3
+
+    old_store = tmp_path / "work" / "store-old"
+    before = {p.name: _content(p) for p in old_store.glob("*.h5")}
+    lab = shutil.which("lab", path=str(Path(sys.executable).parent))
+    stale = subprocess.run([lab, "runs", "--stale"], env=sub_env(old_store), capture_output=True, text=True,
+                           timeout=300)
+    assert stale.returncode == 0 and "no stale runs" in stale.stdout, stale.stdout + stale.stderr
+    rekey = subprocess.run([lab, "runs", "--rekey"], env=sub_env(old_store), capture_output=True, text=True,
+                           timeout=300)
+    assert rekey.returncode == 0 and "re-keyed 3 run(s)" in rekey.stdout, rekey.stdout + rekey.stderr
+    monkeypatch.setenv("LAB_STORE", str(old_store))
+    monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("a run of the old code was trained again"))
+    runs = [experiments.run(c, progress=False, **o) for c, o in matrix]
+    assert sorted(_content(r.path) for r in runs) == sorted(before.values())
+    assert not set(before) & {p.name for p in old_store.glob("*.h5")}  # every file carries its new key
 
 
 def test_a_rekey_that_fails_midway_keeps_the_old_run_whole(store, tiny, monkeypatch):

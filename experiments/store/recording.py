@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from experiments.bits import as_bf16
 from experiments.errors import DamagedRunError, DataError
 from experiments.rig.record import DIGEST_ATTR, STEP_TENSORS, h5_reason
+from experiments.store import checksum
 
 REPAIR = "`lab gc --damaged` deletes it and the next `lab train` or experiments.run trains it again"
 _SCALARS = ("loss", "lr", "clip_scale")  # index i holds training step i + 1
@@ -206,6 +208,7 @@ class Run:
         self.trained_on = json.loads(a["trained_on"]) if "trained_on" in a else None
         self.steps_total = int(a["steps_total"])
         self._row = {int(t): i for i, t in enumerate(self.tokens)}
+        self._chunks: dict = {}  # dataset -> (file stamp, (dtype attribute, checksum.Layout or None))
 
     def __repr__(self) -> str:
         return (f"Run({self.name!r}, key={self.key}, steps={self.steps_total}, rows={len(self.tokens)}, "
@@ -218,6 +221,49 @@ class Run:
                 return ds[()]
             except (OSError, RuntimeError) as e:
                 raise damaged(self.path, ds, name, steps=self.steps, error=e) from None
+
+    def _layout(self, ds: h5py.Dataset | None, name: str):
+        """(dtype attribute, checksum.Layout or None) of a step tensor, found once per file version: a complete
+        run never changes, and a replaced file (another inode, size or time) is looked at anew. With ds None,
+        only what is cached (None when nothing is)."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # gone: the open that follows says so
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._chunks.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        if ds is None:
+            return None
+        layout = None
+        if ds.fletcher32 and checksum.fletcher32() is not None:
+            try:
+                layout = checksum.Layout(ds)
+            except (checksum.Unsupported, AttributeError, NotImplementedError, OSError, RuntimeError, ValueError):
+                layout = None  # an h5py without chunk_iter, or a layout `checksum.read` does not know: HDF5 reads
+        self._chunks[name] = (stamp, (ds.attrs["dtype"], layout))
+        return self._chunks[name][1]
+
+    def _read_fast(self, layout, sidx: np.ndarray, ridx: np.ndarray | None) -> np.ndarray | None:
+        """Read through checksum.read (chunks checked by us, two threads); None: let HDF5 read and check."""
+        us = np.unique(sidx)
+        ur = None if ridx is None else np.unique(ridx)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None  # gone meanwhile: HDF5's open says so
+        try:
+            data = checksum.read(fd, layout, us, ur, checksum.fletcher32())
+        finally:
+            os.close(fd)
+        if data is None:
+            return None
+        if len(us) != len(sidx) or not np.array_equal(us, sidx):
+            data = data[np.searchsorted(us, sidx)]
+        if ridx is not None and (len(ur) != len(ridx) or not np.array_equal(ur, ridx)):
+            data = data[:, np.searchsorted(ur, ridx)]
+        return data
 
     def _open(self) -> h5py.File:
         try:
@@ -290,13 +336,21 @@ class Run:
             raise KeyError(f"{self.path}: tensor {name!r} was not recorded (recorded: {', '.join(rec)})")
         sidx, s_scalar = self._step_index(steps)
         ridx, r_scalar = self._row_index(rows) if name != "h_mean" else (None, False)
-        with self._open() as f:
-            ds = f[name]
-            dtype = ds.attrs["dtype"]
-            try:
-                data = _read_selection(ds, sidx, ridx)
-            except (OSError, RuntimeError) as e:  # a chunk that fails its checksum: never return altered data
-                raise damaged(self.path, ds, name, np.unique(sidx), self.steps, e) from None
+        data = None
+        cached = self._layout(None, name) if len(sidx) else None  # (dtype attribute, Layout or None)
+        if cached is not None and cached[1] is not None:
+            data, dtype = self._read_fast(cached[1], sidx, ridx), cached[0]
+        if data is None:
+            with self._open() as f:
+                ds = f[name]
+                dtype, layout = self._layout(ds, name) if len(sidx) else (ds.attrs["dtype"], None)
+                if cached is None and layout is not None:
+                    data = self._read_fast(layout, sidx, ridx)
+                if data is None:
+                    try:  # HDF5's own read, each chunk's fletcher32 checked by HDF5
+                        data = _read_selection(ds, sidx, ridx)
+                    except (OSError, RuntimeError) as e:  # a chunk that fails its checksum: never altered data
+                        raise damaged(self.path, ds, name, np.unique(sidx), self.steps, e) from None
         if s_scalar:
             data = data[0]
         if r_scalar:
@@ -321,22 +375,37 @@ class Run:
         return self.tensor(name, rows=int(token_id), kind=kind)
 
 
-def _read_selection(ds: h5py.Dataset, sidx: np.ndarray, ridx: np.ndarray | None) -> np.ndarray:
-    """h5py allows one fancy index per read: use slices where the selection is contiguous."""
-    if len(sidx) == 0:
-        shape = (0, *ds.shape[1:]) if ridx is None else (0, len(ridx), ds.shape[2])
-        return np.empty(shape, dtype=ds.dtype)
-    contiguous = np.array_equal(sidx, np.arange(sidx[0], sidx[0] + len(sidx)))
-    s_sel = slice(int(sidx[0]), int(sidx[0]) + len(sidx)) if contiguous else None
-    if ridx is None:
-        return ds[s_sel] if contiguous else ds[np.unique(sidx)][np.searchsorted(np.unique(sidx), sidx)]
-    order = np.unique(ridx)
-    back = np.searchsorted(order, ridx)
-    if contiguous:
-        if len(order) == 1:
-            return ds[s_sel, int(order[0]): int(order[0]) + 1][:, back]
-        return ds[s_sel, order][:, back]
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique indices as [start, stop) runs: [3, 4, 5, 9] -> [(3, 6), (9, 10)]."""
+    cut = np.flatnonzero(np.diff(idx) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, cut)]
+
+
+def _read_product(ds: h5py.Dataset, steps: np.ndarray, rows: np.ndarray | None, dxpl=None) -> np.ndarray:
+    """ds[steps][:, rows] for sorted unique steps and rows (None: all), in one H5Dread of a union of
+    hyperslabs (HDF5 returns it in row-major order, the order of the product)."""
+    lead = (ds.shape[1],) if rows is None else (len(rows),)
+    out = np.empty((len(steps), *lead, *ds.shape[2:]), dtype=ds.dtype)
+    if out.size == 0:
+        return out
+    space = ds.id.get_space()
+    space.select_none()
+    row_runs = [(0, ds.shape[1])] if rows is None else _runs(rows)
+    for a, b in _runs(steps):
+        for lo, hi in row_runs:
+            space.select_hyperslab((a, lo, *[0] * (ds.ndim - 2)), (b - a, hi - lo, *ds.shape[2:]),
+                                   op=h5py.h5s.SELECT_OR)
+    ds.id.read(h5py.h5s.create_simple(out.shape), space, out, dxpl=dxpl)
+    return out
+
+
+def _read_selection(ds: h5py.Dataset, sidx: np.ndarray, ridx: np.ndarray | None, dxpl=None) -> np.ndarray:
+    """ds[sidx][:, ridx] for any step and row indices (repeats and any order allowed)."""
     us = np.unique(sidx)
-    lo, hi = int(order[0]), int(order[-1]) + 1
-    block = ds[us, lo:hi]
-    return block[np.searchsorted(us, sidx)][:, order - lo][:, back]
+    ur = None if ridx is None else np.unique(ridx)
+    data = _read_product(ds, us, ur, dxpl)
+    if len(us) != len(sidx) or not np.array_equal(us, sidx):
+        data = data[np.searchsorted(us, sidx)]
+    if ridx is not None and (len(ur) != len(ridx) or not np.array_equal(ur, ridx)):
+        data = data[:, np.searchsorted(ur, ridx)]
+    return data

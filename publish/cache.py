@@ -36,8 +36,12 @@ FORMAT = 1
 ENV_KEYS = ("LAB_SMOKE", "LAB_STORE")
 
 
-def environment() -> dict[str, str]:
-    return {k: os.environ.get(k, "") for k in ENV_KEYS}
+def environment(root: Path | str) -> dict[str, str]:
+    """ENV_KEYS as they bear on `root`: LAB_STORE naming the default store (<root>/store) counts as unset."""
+    env = {k: os.environ.get(k, "") for k in ENV_KEYS}
+    if env["LAB_STORE"] and Path(env["LAB_STORE"]).resolve() == (Path(root) / "store").resolve():
+        env["LAB_STORE"] = ""
+    return env
 
 
 @dataclass
@@ -124,7 +128,7 @@ def store(doc: Document, execution) -> dict:
         "seconds": round(execution.seconds, 3),
         "notebook_sha256": hashlib.sha256(notebook_bytes).hexdigest(),
         "project_execute": project_execute(root),
-        "environment": environment(),
+        "environment": environment(root),
     }
     atomic_write(notebook_path, notebook_bytes)
     atomic_write(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
@@ -183,7 +187,7 @@ def stale_reason(doc: Document) -> str | None:
         return "source changed"
     if record.get("project_execute") != project_execute(root):
         return "execute: options in _quarto.yml changed"
-    recorded_env, env = record.get("environment") or {}, environment()
+    recorded_env, env = record.get("environment") or {}, environment(root)
     for k in ENV_KEYS:
         if recorded_env.get(k, "") != env[k]:
             return f"{k} changed ({recorded_env.get(k, '') or 'unset'} -> {env[k] or 'unset'})"

@@ -153,3 +153,16 @@ def test_an_edit_during_execution_is_not_mistaken_for_the_executed_source(projec
     pages = build_pages(project, [read_document(path, project)])
     assert pages[0].status == "executed"
     assert cache.stale_reason(read_document(path, project)) == "source changed"
+
+
+def test_lab_store_naming_the_default_store_is_no_change(project, put, monkeypatch):
+    """LAB_STORE set to <root>/store is the store the cache was made with; another store is not."""
+    make_project(project, put)
+    monkeypatch.delenv("LAB_STORE", raising=False)
+    pages = build(project)
+    doc = pages["lore/uses-a.qmd"].doc
+    assert cache.stale_reason(doc) is None
+    monkeypatch.setenv("LAB_STORE", str(project / "store"))
+    assert cache.stale_reason(doc) is None
+    monkeypatch.setenv("LAB_STORE", str(project / "other-store"))
+    assert cache.stale_reason(doc) == f"LAB_STORE changed (unset -> {project / 'other-store'})"

@@ -257,13 +257,7 @@ class Run:
             data = checksum.read(fd, layout, us, ur, checksum.fletcher32())
         finally:
             os.close(fd)
-        if data is None:
-            return None
-        if len(us) != len(sidx) or not np.array_equal(us, sidx):
-            data = data[np.searchsorted(us, sidx)]
-        if ridx is not None and (len(ur) != len(ridx) or not np.array_equal(ur, ridx)):
-            data = data[:, np.searchsorted(ur, ridx)]
-        return data
+        return None if data is None else _reorder(data, us, sidx, ur, ridx)
 
     def _open(self) -> h5py.File:
         try:
@@ -381,7 +375,7 @@ def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
     return [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, cut)]
 
 
-def _read_product(ds: h5py.Dataset, steps: np.ndarray, rows: np.ndarray | None, dxpl=None) -> np.ndarray:
+def _read_product(ds: h5py.Dataset, steps: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     """ds[steps][:, rows] for sorted unique steps and rows (None: all), in one H5Dread of a union of
     hyperslabs (HDF5 returns it in row-major order, the order of the product)."""
     lead = (ds.shape[1],) if rows is None else (len(rows),)
@@ -395,17 +389,22 @@ def _read_product(ds: h5py.Dataset, steps: np.ndarray, rows: np.ndarray | None, 
         for lo, hi in row_runs:
             space.select_hyperslab((a, lo, *[0] * (ds.ndim - 2)), (b - a, hi - lo, *ds.shape[2:]),
                                    op=h5py.h5s.SELECT_OR)
-    ds.id.read(h5py.h5s.create_simple(out.shape), space, out, dxpl=dxpl)
+    ds.id.read(h5py.h5s.create_simple(out.shape), space, out)
     return out
 
 
-def _read_selection(ds: h5py.Dataset, sidx: np.ndarray, ridx: np.ndarray | None, dxpl=None) -> np.ndarray:
-    """ds[sidx][:, ridx] for any step and row indices (repeats and any order allowed)."""
-    us = np.unique(sidx)
-    ur = None if ridx is None else np.unique(ridx)
-    data = _read_product(ds, us, ur, dxpl)
+def _reorder(data: np.ndarray, us: np.ndarray, sidx: np.ndarray, ur: np.ndarray | None,
+             ridx: np.ndarray | None) -> np.ndarray:
+    """data read at sorted unique steps `us` x rows `ur`, as asked: at `sidx` x `ridx` (any order, repeats)."""
     if len(us) != len(sidx) or not np.array_equal(us, sidx):
         data = data[np.searchsorted(us, sidx)]
     if ridx is not None and (len(ur) != len(ridx) or not np.array_equal(ur, ridx)):
         data = data[:, np.searchsorted(ur, ridx)]
     return data
+
+
+def _read_selection(ds: h5py.Dataset, sidx: np.ndarray, ridx: np.ndarray | None) -> np.ndarray:
+    """ds[sidx][:, ridx] for any step and row indices (repeats and any order allowed), HDF5 checking."""
+    us = np.unique(sidx)
+    ur = None if ridx is None else np.unique(ridx)
+    return _reorder(_read_product(ds, us, ur), us, sidx, ur, ridx)

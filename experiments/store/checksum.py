@@ -241,6 +241,9 @@ def read(fh, layout: Layout, steps: np.ndarray, rows: np.ndarray | None, fletche
         job = _pool().submit(work)
         try:
             work()
+        except BaseException:  # Ctrl-C or an error here: the checker thread stops at its next unit
+            failed.append(-1)
+            raise
         finally:
             job.result()
     else:

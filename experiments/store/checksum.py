@@ -103,7 +103,7 @@ def fletcher32():
     """HDF5's H5_checksum_fletcher32 through ctypes, or None; found and probed once per process."""
     with _lock:
         if "lib" not in _state:
-            _state["lib"] = None  # while probing: the probe's own reads must not recurse
+            _state["lib"] = None  # an error escaping the probe leaves the fast path off, not half set
             _state["lib"] = _load()
         return _state["lib"]
 

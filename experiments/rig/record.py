@@ -13,7 +13,9 @@ Step 0 has no forward: its grad rows are 0 and its h_mean row is NaN.
 bf16 is never stored as float16 (lossy); its exact bits go to disk as uint16. Chunks are STEP_BLOCK recorded
 steps by a block of rows (about 32 KiB), chosen for the two ways analyses read: one token's trajectory over
 1,000 steps reads 126 small chunks (4 MB), and a block of steps of every row (geometry.iter_blocks, 128 steps)
-reads at most one chunk row of steps more than it needs. The Recorder gathers STEP_BLOCK steps in memory and
+reads at most one chunk row of steps more than it needs. Where STEP_BLOCK steps of a tensor exceed 8 MiB
+(every row of the vocabulary recorded) chunks are about 128 KiB: a quarter as many chunks to gather, filter
+and index per step, which the writer thread takes from the training's two cores. The Recorder gathers STEP_BLOCK steps in memory and
 writes whole chunks (no read-modify-write), from a background thread fed through a bounded queue, so the
 training loop only copies each recorded tensor once; memory stays bounded whatever the number of steps.
 No compression (it slows writes by an order of magnitude).
@@ -48,16 +50,24 @@ DIGEST_ATTR = "content_sha256"  # JSON {dataset name: sha256 hex of its raw C-or
 LIBVER = ("v110", "latest")  # object headers and chunk indexes with checksums (readable by HDF5 >= 1.10)
 STEP_BLOCK = 8  # recorded steps per chunk: a trajectory reads T/8 chunks, a step read 8 steps' worth
 _CHUNK_BYTES = 32 * 1024  # target chunk size: small enough that one row's trajectory reads little
+# ... except where a block of steps is large (every row recorded): there the writer's per-chunk work (HDF5's
+# gather, filter and index per chunk) costs the training more than a trajectory read gains (bench_train)
+_BIG_CHUNK_BYTES, _BIG_BLOCK_BYTES = 128 * 1024, 8 << 20
 _FREE_MARGIN = 64 * 1024  # bytes beyond the data and attributes: HDF5 metadata, chunk indexes (+1 %)
 _QUEUE_BLOCKS = 2  # chunk rows of steps (per tensor) the training may run ahead of the writer thread
 
 
-def _chunk_shape(shape: tuple, itemsize: int) -> tuple:
-    """(steps, rows, D) -> (STEP_BLOCK, rows filling about _CHUNK_BYTES, D); (steps, D) -> (STEP_BLOCK, D)."""
+def _chunk_shape(shape: tuple, itemsize: int, target: int | None = None) -> tuple:
+    """(steps, rows, D) -> (STEP_BLOCK, rows filling about `target` bytes, D); (steps, D) -> (STEP_BLOCK, D).
+    `target` defaults to _CHUNK_BYTES, or _BIG_CHUNK_BYTES where STEP_BLOCK steps of all rows exceed
+    _BIG_BLOCK_BYTES."""
     ts = max(1, min(shape[0], STEP_BLOCK))
     if len(shape) == 2:
         return (ts, shape[1])
-    rows = max(1, min(shape[1], _CHUNK_BYTES // max(1, ts * shape[2] * itemsize)))
+    if target is None:
+        big = ts * shape[1] * shape[2] * itemsize > _BIG_BLOCK_BYTES
+        target = _BIG_CHUNK_BYTES if big else _CHUNK_BYTES
+    rows = max(1, min(shape[1], target // max(1, ts * shape[2] * itemsize)))
     return (ts, rows, shape[2])
 
 
@@ -246,7 +256,7 @@ class Recorder:
         try:
             # cache sized for one chunk per dataset; chunks are never revisited
             # whole chunks are written at once and never revisited: a small chunk cache is enough
-            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _CHUNK_BYTES * (len(tensors) + 4), rdcc_w0=1.0,
+            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _BIG_CHUNK_BYTES * (len(tensors) + 4), rdcc_w0=1.0,
                                **({"libver": LIBVER} if checksum else {}))
             for k, v in attrs.items():
                 self.f.attrs[k] = v
@@ -482,7 +492,7 @@ class Recorder:
                               f"{h5_reason(e)}") from None
         self._check_space(have)  # a full disk is that failure, not a reason to start again from step 0
         try:
-            self.f = h5py.File(self.path, "r+", rdcc_nbytes=4 * _CHUNK_BYTES * (len(self.tensors) + 4),
+            self.f = h5py.File(self.path, "r+", rdcc_nbytes=4 * _BIG_CHUNK_BYTES * (len(self.tensors) + 4),
                                rdcc_w0=1.0, **({"libver": LIBVER} if self.checksum else {}))
             a = self.f.attrs
             want = {"schema": FORMAT_VERSION if self.checksum else 1, "steps_total": self.steps_total,
@@ -496,8 +506,9 @@ class Recorder:
                 if ds.shape != tuple(shape) or ds.dtype != np.dtype(dtype) or ds.fletcher32 != filtered:
                     raise ValueError(f"its {name} is {ds.shape} {ds.dtype}, not {tuple(shape)} {np.dtype(dtype)}")
                 if name in self.tensors:
-                    expect = _chunk_shape(shape, np.dtype(dtype).itemsize)
-                    if ds.chunks != expect or ds.attrs.get("dtype") != (
+                    size = np.dtype(dtype).itemsize  # the layout of this code, or of a writer before big chunks
+                    expect = (_chunk_shape(shape, size), _chunk_shape(shape, size, _CHUNK_BYTES))
+                    if ds.chunks not in expect or ds.attrs.get("dtype") != (
                             "float32" if name == "h_mean" else self.tensors[name]):
                         raise ValueError(f"its {name} has chunks {ds.chunks}, dtype {ds.attrs.get('dtype')!r}")
                 self._ds[name] = ds

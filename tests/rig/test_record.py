@@ -99,3 +99,18 @@ def test_recorder_memory_does_not_grow_with_recorded_steps(tmp_path, sub_env):
     assert (tmp_path / "m400.h5").stat().st_size > 7 * (tmp_path / "m50.h5").stat().st_size
     # peak RSS growth while writing 8x more data stays within a few MB of the small run's
     assert growth[400] < growth[50] + 8 * 1024, growth
+
+
+def test_chunks_grow_only_where_a_block_of_steps_is_large():
+    """About 32 KiB chunks keep one token's trajectory cheap to read; where STEP_BLOCK steps of a tensor exceed
+    8 MiB (every row of the vocabulary) they are about 128 KiB, so the writer thread has a quarter as many
+    chunks to gather, filter and index per step."""
+    from experiments.rig.record import STEP_BLOCK, _chunk_shape
+
+    assert _chunk_shape((1001, 3116, 64), 2) == (STEP_BLOCK, 32, 64)  # the site's dead rows, bf16
+    assert _chunk_shape((1001, 3116, 64), 4) == (STEP_BLOCK, 16, 64)  # ... fp32: 6.4 MB a block, still small
+    assert _chunk_shape((1001, 10000, 64), 2) == (STEP_BLOCK, 128, 64)  # every row, bf16: 10 MB a block
+    assert _chunk_shape((1001, 10000, 64), 4) == (STEP_BLOCK, 64, 64)
+    assert _chunk_shape((1001, 10000, 64), 2, 32 * 1024) == (STEP_BLOCK, 32, 64)  # the layout of earlier files
+    assert _chunk_shape((3, 10000, 64), 2) == (3, 85, 64)  # three steps of every row: 3.8 MB, small
+    assert _chunk_shape((1001, 64), 4) == (STEP_BLOCK, 64)

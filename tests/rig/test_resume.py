@@ -299,6 +299,35 @@ def test_a_killed_recording_is_continued_in_place_over_its_orphaned_chunks(tmp_p
         assert a.attrs[DIGEST_ATTR] == b.attrs[DIGEST_ATTR] and b.attrs["complete"] == 1
 
 
+def test_a_recording_begun_in_the_smaller_chunks_of_earlier_code_is_continued_in_them(tmp_path, monkeypatch):
+    """Chunks grew where a block of steps is large (record._BIG_BLOCK_BYTES). A recording interrupted under the
+    earlier layout is continued in its own chunks, and equals an uninterrupted recording."""
+    from experiments.rig import record
+
+    monkeypatch.setattr(record, "_BIG_BLOCK_BYTES", 1 << 40)  # the earlier code: about 32 KiB chunks always
+    whole = tmp_path / "whole.h5"
+    rec = _recorder(whole)
+    _record(rec, range(_T + 1))
+    rec.finish()
+    part = tmp_path / "part.h5"
+    rec = _recorder(part)
+    _record(rec, range(_CKPT + 1))
+    rec.checkpoint()
+    rec.abort()  # interrupted after its checkpoint
+    with h5py.File(part, "r") as f:
+        old = f["W"].chunks
+    monkeypatch.setattr(record, "_BIG_BLOCK_BYTES", 16 << 10)  # this code's rule, scaled to the test's blocks
+    assert record._chunk_shape((_T + 1, _N, _D), 2) != old
+    rec = _recorder(part, resume_at=_CKPT)
+    _record(rec, range(_CKPT + 1, _T + 1))
+    rec.finish()
+    with h5py.File(whole, "r") as a, h5py.File(part, "r") as b:
+        assert b["W"].chunks == b["m"].chunks == old
+        for name in a:
+            assert np.array_equal(a[name][()].view(np.uint8), b[name][()].view(np.uint8)), name
+        assert a.attrs[record.DIGEST_ATTR] == b.attrs[record.DIGEST_ATTR] and b.attrs["complete"] == 1
+
+
 def test_a_recording_that_is_not_this_runs_is_not_continued(tmp_path):
     part = tmp_path / "part.h5"
     rec = _recorder(part)

@@ -13,8 +13,10 @@ rows (one token's full trajectory; one step of every row; a 128-step block as ge
 in the current chunk layout and in the previous one (one step per chunk) side by side, and the seeds' batch
 (32x128) extrapolated to 1,000 steps beside the seeds' own figure (26.7 s on an Apple M4 laptop GPU).
 Ours runs as every run does, with experiments.rig.malloc's allocator setting (process-wide); the plain loop
-runs in a spawned child with glibc's defaults, as a plain script would. The load average is printed with the
-figures: compare ratios, which are measured side by side.
+runs in a spawned child with glibc's defaults, as a plain script would, and once more with the allocator
+setting ("freed memory kept"), so that the ratio of the loops alone is printed beside it: glibc's defaults
+make the plain loop's speed vary by up to 1.5x between processes (its mmap threshold adapts to the first
+frees). The load average is printed with the figures: compare ratios, which are measured side by side.
 
 The machine may be shared, so ms/step is the fastest 10-step window over `--repeat` runs of each variant
 (in rotating order); "mean" is the best whole-call mean (set-up and the final flush included), which includes the writer thread's backlog (its
@@ -124,6 +126,7 @@ def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> tuple[floa
 
 
 PLAIN = "plain PyTorch loop"
+PLAIN_KEPT = "plain loop, freed memory kept"  # the plain loop with our allocator setting: the loop alone compared
 
 
 def _variant(preset: str, label: str, overrides: dict, steps: int, threads: int, tmp: str):
@@ -134,7 +137,9 @@ def _variant(preset: str, label: str, overrides: dict, steps: int, threads: int,
     torch.set_num_threads(threads)
     base = resolve_device(load_config(preset, **{"train.steps": steps}))
     prepared = R._prepare(base, R.store_dir())
-    if label == PLAIN:
+    if label in (PLAIN, PLAIN_KEPT):
+        if label == PLAIN_KEPT:
+            malloc.keep_freed_memory()
         plain_loop(base, prepared.ids, prepared.vocab_size, 11)  # warm-up: allocator growth, kernel selection
         best, mean = plain_loop(base, prepared.ids, prepared.vocab_size, steps)
         return best * steps, mean, None
@@ -233,7 +238,7 @@ def main() -> int:
     means: dict[str, float] = {}  # mean seconds per step over a whole run: includes the writer's backlog
     sizes: dict[str, int] = {}
     print(f"timing {steps} steps per variant, best of {repeat} (threads={threads}) ...", flush=True)
-    labels = [PLAIN, *variants]
+    labels = [PLAIN, PLAIN_KEPT, *variants]
     fresh = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     for r in range(repeat):
         # rotate the order each repeat, so no variant always runs right after the same neighbour
@@ -248,7 +253,7 @@ def main() -> int:
 
     # the seeds' batch (32x128), no recording, both loops, extrapolated to 1,000 steps
     seed_steps = max(25, steps // 4)
-    seed = {PLAIN: 1e9, "ours": 1e9}
+    seed = {PLAIN: 1e9, PLAIN_KEPT: 1e9, "ours": 1e9}
     for _ in range(max(1, repeat - 1)):
         for label in seed:
             t, _, _ = fresh.submit(_variant, "flannel-1-seed", label, {"record.tensors": []}, seed_steps, threads,
@@ -286,10 +291,10 @@ def main() -> int:
     for label, s in seconds.items():
         ms = s / steps * 1000
         extra = ""
-        if label != "plain PyTorch loop":
+        if label.startswith("ours"):
             extra = f"{(s / ours - 1) * 100:+.1f}% vs no recording"
         if label == "ours, no recording":
-            extra = f"plain/ours = {plain / ours:.2f}"
+            extra = f"plain/ours = {plain / ours:.2f} (memory kept: {seconds[PLAIN_KEPT] / ours:.2f})"
         size = f"{sizes[label] / 1024:.0f} KiB" if label in sizes and sizes[label] > 4096 else ""
         rows.append((label, f"{ms:.1f}", f"{means[label] * 1000:.1f}", f"{flops / (s / steps) / peak * 100:.1f}%",
                      size, extra))
@@ -304,7 +309,8 @@ def main() -> int:
           f"{shape_rate / 1e9:.1f} GFLOP/s; one step = {flops / 1e9:.2f} GFLOP of matmuls")
     seed_flops = flops_per_step(V, seed_cfg["model"], seed_cfg["train"]["batch_size"], seed_cfg["train"]["seq_len"])
     print(f"seeds' batch 32x128: ours {seed_ms:.0f} ms/step ({seed_flops / (seed_ms / 1000) / peak * 100:.1f}% of bf16 "
-          f"peak), plain loop {seed[PLAIN] * 1000:.0f} ms/step (plain/ours = {seed[PLAIN] / seed['ours']:.2f}) -> "
+          f"peak), plain loop {seed[PLAIN] * 1000:.0f} ms/step (plain/ours = {seed[PLAIN] / seed['ours']:.2f}; "
+          f"memory kept {seed[PLAIN_KEPT] * 1000:.0f} ms/step, {seed[PLAIN_KEPT] / seed['ours']:.2f}) -> "
           f"1,000 steps in {seed_1000:.0f} s here, vs {SEED_SECONDS} s on an Apple M4 laptop GPU")
     a, b = rss_steps
     print(f"peak RSS recording {a} vs {b} steps (D 16, batch 2x32, W of all {V} rows): "
@@ -324,6 +330,7 @@ def main() -> int:
             "steps": steps, "ms_per_step": {k: v / steps * 1000 for k, v in seconds.items()},
             "mean_ms_per_step": {k: v * 1000 for k, v in means.items()},
             "bytes_per_step": sizes, "peak_flops": peak, "shape_flops": shape_rate, "step_flops": flops, "seed_1000_steps_s": seed_1000, "seed_plain_ms": seed[PLAIN] * 1000,
+            "seed_plain_kept_ms": seed[PLAIN_KEPT] * 1000,
             "rss_kib": {str(k): v["rss_kib"] for k, v in rss.items()}, "reads_s": reads,
             "load": os.getloadavg()}, indent=2))
     for p in tmp.iterdir():

@@ -4,14 +4,16 @@
 (`{"name" or "config", "overrides"}` per run, `{"sweep", "overrides"}` for the members of a sweep: the
 call, not the key, so an entry stays valid under another profile (LAB_SMOKE, which keeps fewer sweep
 members) or after a change of the training code). Before executing documents, `lab render` asks
-for the requests of the documents about to execute and has `experiments` train the missing ones first, with
-progress bars and an ETA (lab/render.py passes that trainer in: publish never imports experiments). A stale
-entry is harmless: at worst a run is trained that no document uses any more, and a document that needs a
-run the plan lacks trains it itself.
+for the requests of the documents about to execute (those, plus the literal `experiments.run` / `sweep`
+calls in their code: a dry pass that finds what an edited page asks for) and has `experiments` train the
+missing ones first, with progress bars and an ETA (lab/render.py passes that trainer in: publish never
+imports experiments). A stale entry is harmless: at worst a run is trained that no document uses any more,
+and a document that needs a run the plan lacks (one whose call is computed) trains it itself.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -94,13 +96,82 @@ def recorded_requests(doc: Document) -> list[dict] | None:
     return _unique(r["sweep"] if _valid(r.get("sweep")) else r["request"] for r in runs)
 
 
+# --- the dry pass: runs a document's code asks for in calls whose arguments are all written out -----------
+_CALLS = {"run": "name", "sweep": "sweep"}  # experiments.<call> -> the request's head
+_NOT_OVERRIDES = {"progress", "jobs"}  # keyword arguments of run / sweep that are not config overrides
+
+
+def _literal_call(call: ast.Call, head: str) -> dict | None:
+    """{head: preset, "overrides": {...}} for `run("preset", key=value, **{"a.b": value})` with every argument
+    a literal; None for anything computed (a variable, an f-string, a dict built elsewhere)."""
+    if not call.args or not isinstance(call.args[0], ast.Constant) or not isinstance(call.args[0].value, str):
+        return None
+    overrides = {}
+    try:
+        for kw in call.keywords:
+            if kw.arg in _NOT_OVERRIDES:
+                continue
+            if kw.arg is not None:
+                overrides[kw.arg] = ast.literal_eval(kw.value)
+            elif isinstance(kw.value, ast.Dict) and all(isinstance(k, ast.Constant) for k in kw.value.keys):
+                overrides.update(ast.literal_eval(kw.value))
+            else:
+                return None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    request = {head: call.args[0].value}
+    return {**request, "overrides": overrides} if overrides else request
+
+
+def static_requests(doc: Document) -> list[dict]:
+    """The runs a document's code asks for with literal arguments, found without executing it: a page edited
+    since its last execution is planned (bars, ETA) before its kernel starts, not trained inside it.
+
+    Calls are `experiments.run` / `experiments.sweep` (also under `import experiments as x` or
+    `from experiments import run`); chunks with `eval: false` and code that does not parse are passed over.
+    A call inside a branch that never runs is planned all the same: at worst one run more is trained."""
+    execute = doc.meta.get("execute")
+    if isinstance(execute, dict) and execute.get("eval") is False:
+        return []
+    modules, names, calls = {"experiments"}, {}, []
+    for chunk in doc.chunks:
+        if chunk.kind != "code" or chunk.options.get("eval") is False:
+            continue
+        try:
+            tree = ast.parse(chunk.text)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules.update(a.asname for a in node.names if a.name == "experiments" and a.asname)
+            elif isinstance(node, ast.ImportFrom) and node.module == "experiments" and not node.level:
+                names.update((a.asname or a.name, a.name) for a in node.names if a.name in _CALLS)
+            elif isinstance(node, ast.Call):
+                calls.append(node)
+    out = []
+    for call in calls:  # imports anywhere in the document count: chunks run in one kernel
+        f = call.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in modules:
+            which = f.attr
+        elif isinstance(f, ast.Name):
+            which = names.get(f.id)
+        else:
+            continue
+        request = _literal_call(call, _CALLS[which]) if which in _CALLS else None
+        if request is not None:
+            out.append(request)
+    return _unique(out)
+
+
 def requests_for(root: Path | str, docs: list[Document]) -> list[dict]:
-    """Every run the documents requested last time: the cache entry where it knows, else the plan."""
+    """Every run the documents need, as far as it is known before they execute: what each requested last time
+    (its cache entry where it knows, else the plan), and what its code asks for in literal calls."""
     plan = load(root)
     out = []
     for doc in docs:
         recorded = recorded_requests(doc)
         out.extend(recorded if recorded is not None else plan.get(doc.rel, []))
+        out.extend(static_requests(doc))
     return _unique(out)
 
 

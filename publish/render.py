@@ -217,8 +217,8 @@ def render(
             print(f"warning: {e}; the documents train what they need themselves", file=sys.stderr)
             return
         noun = "document" if len(to_run) == 1 else "documents"
-        print(f"plan: {len(to_run)} {noun} to execute need {len(requests)} runs (from {plan.PLAN_FILE} and the "
-              f"document cache)", flush=True)
+        print(f"plan: {len(to_run)} {noun} to execute need {len(requests)} runs (from {plan.PLAN_FILE}, the "
+              f"document cache and the documents' literal calls)", flush=True)
         if requests and train_runs is not None:
             began = time.perf_counter()
             try:

@@ -251,6 +251,30 @@ def test_the_plan_trains_before_documents_and_an_interrupted_training_resumes(pr
     assert plan_text.count("name: flannel-1") == 2
 
 
+def test_an_edited_page_has_its_new_runs_trained_by_the_plan(project, put, tmp_path):
+    """A page whose run is in neither _runs.yml nor its cache entry (written or edited since it last ran): the
+    dry pass finds the literal call, so the plan trains it with its bar and ETA before the kernel starts."""
+    put(project, "lore/edited.qmd", """
+        ---
+        title: Edited
+        ---
+
+        ```{python}
+        import experiments
+        run = experiments.run("flannel-1", progress=False, **{"optim.lr": 2e-4})
+        print("KEY", run.key)
+        ```
+        """)
+    store = tmp_path / "store"
+    r = lab_render(project, store, "-j", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "plan: 1 document to execute need 1 runs" in r.stdout
+    assert r.stdout.index("training 1 runs") < r.stdout.index("running   lore/edited.qmd")
+    record = cache.load_record(read_document(project / "lore/edited.qmd", project))
+    assert [run["train_seconds"] for run in record["runs"]] == [0]  # found stored: the kernel trained nothing
+    assert "optim.lr: 0.0002" in (project / "_runs.yml").read_text()
+
+
 # --------------------------------------------------------------------------------------------- Ctrl-C
 
 

@@ -35,6 +35,21 @@ def test_any_code_change_changes_it(edit):
     assert FP.digest(edit(TRAIN_SRC)) != FP.digest(TRAIN_SRC)
 
 
+def test_a_plan_parses_each_module_once_however_many_runs_it_keys(monkeypatch):
+    """Keying a run digests every training module; a plan keys dozens of runs (and re-key checks every stored
+    one) against the same texts, so each text is parsed once per process, not once per run."""
+    parsed = []
+    real = FP.normal_form
+    monkeypatch.setattr(FP, "normal_form", lambda source: parsed.append(source) or real(source))
+    FP.digest.cache_clear()
+    sources = R.module_sources()
+    first = [FP.digest(s) for s in sources.values()]
+    assert len(parsed) == len(set(sources.values()))
+    assert [FP.digest(s) for s in sources.values()] * 20 == first * 20 and len(parsed) == len(set(sources.values()))
+    assert FP.digest(TRAIN_SRC + "\nX = 1\n") != FP.digest(TRAIN_SRC)  # a new text is parsed: no stale answer
+    assert len(parsed) == len(set(sources.values())) + 1
+
+
 def _fake_edit(monkeypatch, module: str, new_text: str):
     real = R.module_sources
 

@@ -111,6 +111,19 @@ def best_ms(fns: dict, repeat: int, inner: int = 3) -> dict[str, float]:
     return out
 
 
+def add_compiled(cands: dict, label: str, make, fn, what: str, notes: list) -> None:
+    """cands[label] = make(torch.compile(fn)), compiled and run once here (its compile time noted), or a note
+    saying why torch.compile is unavailable (no C++ compiler, or inductor unsupported on this platform)."""
+    try:
+        compiled = make(torch.compile(fn))
+        t0 = time.perf_counter()
+        compiled()
+        notes.append(f"compiling {what} took {time.perf_counter() - t0:.0f} s")
+        cands[label] = compiled
+    except Exception as e:
+        notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+
+
 def head(n: int, repeat: int, compile_: bool) -> list[str]:
     """The vocabulary head (n rows) under each cross-entropy candidate."""
     g = torch.Generator().manual_seed(0)
@@ -130,14 +143,7 @@ def head(n: int, repeat: int, compile_: bool) -> list[str]:
              "fp32 (HF recipe)": make(fp32_loss), "softmax bf16 (one exp)": make(SoftmaxBf16.apply)}
     notes = []
     if compile_:
-        try:
-            compiled = make(torch.compile(fp32_loss))
-            t0 = time.perf_counter()
-            compiled()
-            notes.append(f"compiling the fp32 loss took {time.perf_counter() - t0:.0f} s")
-            cands["compiled fp32 (inductor)"] = compiled
-        except Exception as e:  # no C++ compiler, or inductor unavailable on this platform
-            notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        add_compiled(cands, "compiled fp32 (inductor)", make, fp32_loss, "the fp32 loss", notes)
     grads = {k: tuple(t.clone() for t in fn()) for k, fn in cands.items()}
     ms = best_ms(cands, repeat)
     ours, hf = grads["ours (bf16 log_softmax)"], grads["fp32 (HF recipe)"]
@@ -178,14 +184,7 @@ def model(batch: int, repeat: int, compile_: bool) -> list[str]:
     cands = {"eager (ours)": make(loss)}
     notes = []
     if compile_:
-        try:
-            compiled = make(torch.compile(loss))
-            t0 = time.perf_counter()
-            compiled()
-            notes.append(f"compiling the model took {time.perf_counter() - t0:.0f} s")
-            cands["torch.compile (inductor)"] = compiled
-        except Exception as e:
-            notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        add_compiled(cands, "torch.compile (inductor)", make, loss, "the model", notes)
     ms = best_ms(cands, repeat, inner=2)
     lines = [f"| whole model {batch}x{cfg['train']['seq_len']}, forward + backward | ms | eager/this |", "|---|---|---|"]
     for k in cands:

@@ -15,9 +15,10 @@ steps by a block of rows (about 32 KiB), chosen for the two ways analyses read: 
 1,000 steps reads 126 small chunks (4 MB), and a block of steps of every row (geometry.iter_blocks, 128 steps)
 reads at most one chunk row of steps more than it needs. Where STEP_BLOCK steps of a tensor exceed 8 MiB
 (every row of the vocabulary recorded) chunks are about 128 KiB: a quarter as many chunks to gather, filter
-and index per step, which the writer thread takes from the training's two cores. The Recorder gathers STEP_BLOCK steps in memory and
-writes whole chunks (no read-modify-write), from a background thread fed through a bounded queue, so the
-training loop only copies each recorded tensor once; memory stays bounded whatever the number of steps.
+and index per step, which the writer thread takes from the training's two cores. The Recorder gathers
+STEP_BLOCK steps in memory and writes whole chunks (no read-modify-write), from a background thread fed
+through a bounded queue, so the training loop only copies each recorded tensor once; memory stays bounded
+whatever the number of steps.
 No compression (it slows writes by an order of magnitude).
 
 Integrity (schema 2): every dataset is chunked with HDF5's fletcher32 filter, so a changed byte fails the read
@@ -256,8 +257,8 @@ class Recorder:
         try:
             # cache sized for one chunk per dataset; chunks are never revisited
             # whole chunks are written at once and never revisited: a small chunk cache is enough
-            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _BIG_CHUNK_BYTES * (len(tensors) + 4), rdcc_w0=1.0,
-                               **({"libver": LIBVER} if checksum else {}))
+            self.f = h5py.File(self.path, "w", rdcc_nbytes=4 * _BIG_CHUNK_BYTES * (len(tensors) + 4),
+                               rdcc_w0=1.0, **({"libver": LIBVER} if checksum else {}))
             for k, v in attrs.items():
                 self.f.attrs[k] = v
             self.f.attrs["schema"] = FORMAT_VERSION if checksum else 1

@@ -304,10 +304,13 @@ def build_notebook(doc: Document, project: dict | None = None) -> nbformat.Noteb
 
 
 def _kernel_manager(socket_dir: Path):
-    from jupyter_client import KernelManager
+    # The asynchronous manager (nbclient's own default), never the blocking one: with a blocking client,
+    # nbclient's wait for the cell's output blocks the event loop, its kernel-alive poll never runs, and a
+    # kernel that dies mid-chunk (killed, out of memory, segfault) hangs the render for good.
+    from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpec
 
-    class VenvKernelManager(KernelManager):
+    class VenvKernelManager(AsyncKernelManager):
         """Always the ipykernel of the interpreter running `lab`, never a stray user-level kernelspec."""
 
         @property
@@ -375,6 +378,20 @@ _ACTIVE: set = set()
 _ACTIVE_LOCK = threading.Lock()
 
 
+def _signal(client, signum: int) -> None:
+    """Send `signum` to a document's kernel from any thread. The manager's methods are coroutines bound to
+    nbclient's event loop in another thread; run_sync drives this one call on a loop of the caller's own
+    (signalling the kernel's process group touches no loop state)."""
+    import signal
+
+    from jupyter_core.utils import run_sync
+
+    if signum == signal.SIGINT:  # the manager's interrupt: SIGINT, or a message for kernels that want one
+        run_sync(client.km.interrupt_kernel)()
+    else:
+        run_sync(client.km.signal_kernel)(signum)
+
+
 def abort_all(kill: bool = False) -> int:
     """Interrupt (kill=False) or kill every running document kernel; returns how many there were.
 
@@ -389,9 +406,9 @@ def abort_all(kill: bool = False) -> int:
         client.shutdown_kernel = "immediate"
         try:
             if kill:
-                client.km.signal_kernel(signal.SIGKILL)
+                _signal(client, signal.SIGKILL)
             else:
-                client.km.interrupt_kernel()
+                _signal(client, signal.SIGINT)
         except Exception:  # already gone: its worker is cleaning up
             pass
     return len(clients)
@@ -569,12 +586,12 @@ def _execute_cell(client, cell, index: int, timeout: float | None, progress: Pat
             if not fired.is_set() and now - last > timeout:
                 fired.set()
                 try:
-                    client.km.interrupt_kernel()
+                    _signal(client, signal.SIGINT)
                 except Exception:  # the kernel may already be gone; nbclient will notice
                     pass
             elif fired.is_set() and now - last > timeout + KILL_GRACE:
                 try:
-                    client.km.signal_kernel(signal.SIGKILL)
+                    _signal(client, signal.SIGKILL)
                 except Exception:
                     pass
                 return

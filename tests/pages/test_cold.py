@@ -109,6 +109,33 @@ def test_a_failed_page_is_published_under_a_banner_and_strict_keeps_the_old_site
     assert tree_digest(project / "site") == before_strict
 
 
+def test_a_kernel_that_dies_mid_chunk_fails_its_page_and_the_render_finishes(project, put, tmp_path):
+    """A kernel killed under a chunk (OOM killer, segfault, SIGKILL) is noticed: the page fails under a
+    banner naming the chunk, the other pages publish, the command exits 1 instead of waiting forever."""
+    store = tmp_path / "store"
+    put(project, "index.qmd", "---\ntitle: Home\n---\n\nHome.\n")
+    put(project, "lore/dies.qmd", """
+        ---
+        title: Dies
+        ---
+
+        ```{python}
+        #| label: fatal
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+        ```
+        """)
+    put(project, "lore/lives.qmd", "---\ntitle: Lives\n---\n\n```{python}\nprint('ALIVE-1')\n```\n")
+    started = time.monotonic()
+    done = lab_render(project, store, "-j", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert time.monotonic() - started < 300  # it used to hang until the test's timeout
+    assert "ALIVE-1" in page(project, "lives")
+    dies = page(project, "dies")
+    assert "This page failed to execute" in dies and "the kernel died" in dies
+    assert "lore/dies.qmd" in done.stderr and "the kernel died" in done.stderr
+
+
 # --------------------------------------------------------------------------------------------- progress
 
 

@@ -89,7 +89,7 @@ def _sdpa_forward(self, x: torch.Tensor) -> torch.Tensor:
     return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
 
 
-def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> tuple[float, float]:
+def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int, device: str = "cpu") -> tuple[float, float]:
     """The same model and optimizer in the plainest loop: torch's attention kernel, no determinism flags, no
     recording, random batches.
 
@@ -100,18 +100,18 @@ def plain_loop(cfg: dict, ids: np.ndarray, vocab: int, steps: int) -> tuple[floa
     torch.manual_seed(0)
     model = GPT(vocab, cfg["model"])
     model.init_weights(torch.Generator().manual_seed(0))
-    model = model.to(torch.bfloat16)
+    model = model.to(device=device, dtype=torch.bfloat16)
     for block in model.blocks:
         block.forward = types.MethodType(_sdpa_forward, block)
     o = cfg["optim"]
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
                             weight_decay=o["weight_decay"], foreach=True)
     B, L = cfg["train"]["batch_size"], cfg["train"]["seq_len"]
-    data = torch.from_numpy(ids.astype(np.int64))
-    offsets = torch.arange(L)
+    data = torch.from_numpy(ids.astype(np.int64)).to(device)
+    offsets = torch.arange(L, device=device)
     stamps, best = [time.perf_counter()], float("inf")
     for _ in range(steps):
-        x = data[torch.randint(0, len(data) - L, (B,))[:, None] + offsets]
+        x = data[torch.randint(0, len(data) - L, (B,), device=device)[:, None] + offsets]
         logits = model(x[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
         loss.backward()

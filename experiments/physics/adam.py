@@ -125,12 +125,13 @@ def adamw_step(W, m, v, g, t: int, hp: Hyper, clip_scale: float = 1.0, bf16: boo
 
 def _fused_step(W, m, v, g, t: int, hp: Hyper, bf16: bool, law: dict) -> StepResult:
     """The fused implementation is one float32 kernel; its law is borrowed whole from the library."""
-    from experiments.physics.laws import torch_fused_step
+    from experiments.physics.laws import library_device, torch_fused_step
 
-    if not str(law.get("step", "library")).startswith("library"):
+    step = str(law.get("step", "library"))
+    if not step.startswith("library"):
         raise ValueError(f"fused AdamW has no numpy law {law['step']!r}; it is replayed through the library")
     Wn, mn, vn = torch_fused_step(_val(W, bf16), m, v, g, t, hp.lr, hp.beta1, hp.beta2, hp.eps,
-                                  hp.weight_decay, bf16)
+                                  hp.weight_decay, bf16, library_device(step))
     nan = np.full_like(Wn, np.nan)
     return StepResult(W=_round(Wn, bf16), m=_round(mn, bf16), v=_round(vn, bf16), decayed=nan, denom=nan,
                       intended=nan)

@@ -14,6 +14,10 @@ Probing takes about a second per (dtype, implementation) and is cached per machi
 ``$XDG_CACHE_HOME/dead-token-lab/laws/``. A run file records the laws of the machine that trained it, so a
 replay on another machine uses the recording machine's arithmetic.
 
+A run trained on a GPU is probed on that GPU (``device="cuda"``): the same candidates, run through the CUDA
+kernels. A borrowed CUDA kernel reads ``library@cuda:<fingerprint>``; the replay borrows it from the GPU
+when the verifying machine has one, and says so when it has to fall back to the CPU's kernel.
+
 The kernels of one AdamW step (torch 2.13, `torch.optim.AdamW`, not capturable, no amsgrad):
 
     decay    θ ← θ·(1 − ηλ)                 mul_ by a Python scalar
@@ -47,19 +51,21 @@ from experiments.bits import from_float32, to_float32
 F32 = np.float32
 IMPLS = ("single", "foreach", "fused")
 KERNELS = ("decay", "lerp", "beta2", "addcmul", "sqrt", "bias2", "eps", "addcdiv")
-PROBE_VERSION = 3  # bump when the probe suite or the candidates change
+PROBE_VERSION = 4  # bump when the probe suite or the candidates change
 
 # Candidate laws per kernel, most specific first. "f32": a Python scalar enters the kernel as float32;
 # "dtype": it is first rounded to the tensor's dtype (what foreach's scalar overloads do to bf16 tensors).
+# "recip" and "div-first…" are the CUDA kernels' habits: division by a CPU scalar as a multiplication by its
+# float32 reciprocal, and addcdiv written a + s·(b / c), which nvcc contracts into one fused multiply-add.
 CANDIDATES = {
     "decay": ("f32", "dtype"),
     "lerp": ("fma", "fma-dtype", "unfused"),
     "beta2": ("f32", "dtype"),
     "addcmul": ("fma", "fma-dtype", "unfused"),
     "sqrt": ("ieee",),
-    "bias2": ("f32", "dtype"),
+    "bias2": ("f32", "dtype", "recip"),
     "eps": ("dtype", "f32"),
-    "addcdiv": ("f32", "dtype"),
+    "addcdiv": ("f32", "dtype", "div-first-fma", "div-first"),
 }
 
 
@@ -99,13 +105,22 @@ def scalar(s: float, law: str, bf16: bool) -> np.float32:
 # --------------------------------------------------------------------------- the kernels in numpy
 
 
+def library_device(law: str) -> str:
+    """The device a borrowed kernel comes from: ``library@cuda:…`` the GPU, plain ``library…`` the CPU."""
+    return law[len("library@"):].split(":", 1)[0] if law.startswith("library@") else "cpu"
+
+
+def library_law(digest: str, device: str) -> str:
+    return f"library:{digest}" if device == "cpu" else f"library@{device}:{digest}"
+
+
 def kernel(name: str, law: str, bf16: bool, impl: str, *args):
     """One kernel's float32 result (not yet stored) under `law`; args are float32 arrays and Python scalars.
 
     decay(θ, s) lerp(m, g, w) beta2(v, b) addcmul(v, g, c) sqrt(v) bias2(d, s) eps(d, e) addcdiv(θ, m, d, s)
     """
     if law.startswith("library"):
-        return torch_kernel(name, impl, bf16, *args)
+        return torch_kernel(name, impl, bf16, *args, device=library_device(law))
     if name in ("decay", "beta2"):
         x, s = args
         return x * scalar(s, law, bf16)
@@ -129,12 +144,17 @@ def kernel(name: str, law: str, bf16: bool, impl: str, *args):
         return np.sqrt(args[0])
     if name == "bias2":
         d, s = args
+        if law == "recip":
+            return d * (F32(1) / scalar(s, "f32", bf16))
         return d / scalar(s, law, bf16)
     if name == "eps":
         d, e = args
         return d + scalar(e, law, bf16)
     if name == "addcdiv":
         w, m, d, s = args
+        if law.startswith("div-first"):
+            s32 = scalar(s, "f32", bf16)
+            return fma32(np.full_like(m, s32), m / d, w) if law == "div-first-fma" else w + s32 * (m / d)
         return w + (scalar(s, law, bf16) * m) / d
     raise ValueError(f"unknown kernel {name!r}")
 
@@ -142,25 +162,27 @@ def kernel(name: str, law: str, bf16: bool, impl: str, *args):
 # --------------------------------------------------------------------------- the kernels in torch
 
 
-def _as_torch(x, bf16: bool):
+def _as_torch(x, bf16: bool, device: str = "cpu"):
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(x, F32).copy())
-    return t.bfloat16() if bf16 else t
+    t = t.bfloat16() if bf16 else t  # rounded on the CPU: the values are exact in the dtype anyway
+    return t if device == "cpu" else t.to(device)
 
 
 def _values(t) -> np.ndarray:
     import torch
 
+    t = t.cpu()
     return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy().copy()
 
 
-def torch_kernel(name: str, impl: str, bf16: bool, *args):
+def torch_kernel(name: str, impl: str, bf16: bool, *args, device: str = "cpu"):
     """The kernel as `torch.optim.AdamW(foreach=impl == "foreach")` calls it, on float32 value arrays
-    (exactly representable in the tensor dtype); returns float32 values of the stored result."""
+    (exactly representable in the tensor dtype), on `device`; returns float32 values of the stored result."""
     import torch
 
-    arrs = [_as_torch(a, bf16) if isinstance(a, np.ndarray) else a for a in args]
+    arrs = [_as_torch(a, bf16, device) if isinstance(a, np.ndarray) else a for a in args]
     fe = impl == "foreach"
     if name in ("decay", "beta2"):
         x, s = arrs
@@ -188,12 +210,13 @@ def torch_kernel(name: str, impl: str, bf16: bool, *args):
 
 
 def torch_fused_step(W, m, v, g, t: int, lr: float, beta1: float, beta2: float, eps: float,
-                     weight_decay: float, bf16: bool):
+                     weight_decay: float, bf16: bool, device: str = "cpu"):
     """One step of torch's fused AdamW kernel on float32 value arrays; (W, m, v) as float32 values."""
     import torch
 
-    p, mm, vv, gg = (_as_torch(a, bf16) for a in (W, m, v, g))
-    torch._fused_adamw_([p], [gg], [mm], [vv], [], [torch.tensor(float(t))], lr=lr, beta1=beta1, beta2=beta2,
+    p, mm, vv, gg = (_as_torch(a, bf16, device) for a in (W, m, v, g))
+    step = torch.tensor(float(t), device=device)  # the optimizer keeps `step` on the parameters' device
+    torch._fused_adamw_([p], [gg], [mm], [vv], [], [step], lr=lr, beta1=beta1, beta2=beta2,
                         weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
     return _values(p), _values(mm), _values(vv)
 
@@ -244,16 +267,28 @@ def _probe_cases(name: str, bf16: bool):
                    "bias2": (d, s), "eps": (d, s), "addcdiv": (W, m, d, s)}[name]
     if name == "sqrt" and bf16:  # every finite non-negative bf16 value
         yield (to_float32(np.arange(0, 0x7F80, dtype=np.uint16)),)
+    # A one-ULP float32 difference between candidates (s·m / d against s·(m / d); d / s against d · (1 / s))
+    # shows in bf16 only where the float32 result lies next to a bf16 rounding midpoint, about once in 10⁵:
+    if bf16 and name == "addcdiv":  # one long vector
+        n = 1 << 21
+        d = rnd(_inputs(rng, n, 1e-3, positive=True) + F32(1e-9), bf16)
+        yield (rnd(_inputs(rng, n, 0.5), bf16), rnd(_inputs(rng, n, 1e-3), bf16), d, -1.3e-3)
+    if bf16 and name == "bias2":
+        # d / s has only 256 mantissas per scalar (d's 8 bits, two binades), so sweep the scalar instead
+        d = to_float32(np.arange(0x3F80, 0x4080, dtype=np.uint16))  # every bf16 in [1, 4)
+        for s in rng.uniform(0.03, 1.0, 20_000):
+            yield (d, float(s))
 
 
 def _digest(h, x: np.ndarray) -> None:
     h.update(np.ascontiguousarray(x, F32).tobytes())
 
 
-def probe_kernel(name: str, bf16: bool, impl: str) -> str:
+def probe_kernel(name: str, bf16: bool, impl: str, device: str = "cpu") -> str:
     """The law of one kernel on this machine: the first candidate that reproduces torch on every probe."""
     cases = list(_probe_cases(name, bf16))
-    wants = [rnd(torch_kernel(name, impl, bf16, *(a.copy() if isinstance(a, np.ndarray) else a for a in c)), bf16)
+    wants = [rnd(torch_kernel(name, impl, bf16, *(a.copy() if isinstance(a, np.ndarray) else a for a in c),
+                              device=device), bf16)
              for c in cases]
     for law in CANDIDATES[name]:
         if all(np.array_equal(rnd(kernel(name, law, bf16, impl, *c), bf16).view(np.uint32), w.view(np.uint32))
@@ -262,10 +297,10 @@ def probe_kernel(name: str, bf16: bool, impl: str) -> str:
     h = hashlib.sha256()
     for w in wants:
         _digest(h, w)
-    return f"library:{h.hexdigest()[:12]}"
+    return library_law(h.hexdigest()[:12], device)
 
 
-def _probe_fused(bf16: bool) -> str:
+def _probe_fused(bf16: bool, device: str = "cpu") -> str:
     """The fused kernel is borrowed whole; its fingerprint says whether two machines compute the same bits."""
     rng = np.random.default_rng(7)
     h = hashlib.sha256()
@@ -273,25 +308,32 @@ def _probe_fused(bf16: bool) -> str:
         for t, b2 in ((1, 0.999), (7, 0.95), (300, 0.99)):
             W, g = rnd(_inputs(rng, n, 0.5), bf16), rnd(_inputs(rng, n, 1e-2), bf16)
             m, v = rnd(_inputs(rng, n, 1e-3), bf16), rnd(_inputs(rng, n, 1e-5, positive=True), bf16)
-            for x in torch_fused_step(W, m, v, g, t, 1e-3, 0.9, b2, 1e-8, 0.1, bf16):
+            for x in torch_fused_step(W, m, v, g, t, 1e-3, 0.9, b2, 1e-8, 0.1, bf16, device):
                 _digest(h, x)
-    return f"library:{h.hexdigest()[:12]}"
+    return library_law(h.hexdigest()[:12], device)
 
 
-def probe(bf16: bool, impl: str) -> dict:
-    """Every kernel law of one (dtype, implementation) on this machine, uncached."""
+def probe(bf16: bool, impl: str, device: str = "cpu") -> dict:
+    """Every kernel law of one (dtype, implementation) on this machine's `device`, uncached."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
     if impl == "fused":
-        return {"step": _probe_fused(bf16)}
-    return {name: probe_kernel(name, bf16, impl) for name in KERNELS}
+        return {"step": _probe_fused(bf16, device)}
+    return {name: probe_kernel(name, bf16, impl, device) for name in KERNELS}
+
+
+def device_kind(device) -> str:
+    """'cpu', 'cuda' or 'mps' for a torch device or its name: the laws are one per kind (every GPU of a
+    machine is one model here; the probe runs on the current one)."""
+    return str(device).split(":", 1)[0]
 
 
 # --------------------------------------------------------------------------- this machine, cached
 
 
-def machine() -> dict:
-    """What decides the kernels' bits here: torch build, ATen's vector ISA, the CPU and MKL's settings."""
+def machine(device: str = "cpu") -> dict:
+    """What decides the kernels' bits here: torch build, ATen's vector ISA, the CPU and MKL's settings; for a
+    GPU also its model, compute capability and the CUDA / HIP runtime torch was built with."""
     import torch
 
     cpu, flags = platform.processor(), ""
@@ -317,7 +359,18 @@ def machine() -> dict:
                 if k in os.environ},
         "python": sys.version.split()[0],
         "live": _live_kernels(),
+        **(_gpu(device) if device != "cpu" else {}),
     }
+
+
+def _gpu(device: str) -> dict:
+    import torch
+
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return {"device": "cuda", "gpu": props.name, "gpu_capability": f"{props.major}.{props.minor}",
+                "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None)}
+    return {"device": device}
 
 
 @functools.cache
@@ -350,15 +403,17 @@ def _cache_dir() -> Path:
     return Path(base) / "dead-token-lab" / "laws"
 
 
-_MEMO: dict[tuple[bool, str], dict] = {}
+_MEMO: dict[tuple[bool, str, str], dict] = {}
 
 
-def current(bf16: bool, impl: str) -> dict:
-    """The probed laws of this machine for (dtype, impl), from memory, the on-disk cache, or a fresh probe."""
-    memo = (bf16, impl)
+def current(bf16: bool, impl: str, device: str = "cpu") -> dict:
+    """The probed laws of this machine's `device` for (dtype, impl), from memory, the on-disk cache, or a
+    fresh probe."""
+    device = device_kind(device)
+    memo = (bf16, impl, device)
     if memo in _MEMO:
         return _MEMO[memo]
-    mach = machine()
+    mach = machine(device)
     fp = hashlib.sha256(json.dumps([PROBE_VERSION, mach], sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir() / f"{fp}-{'bf16' if bf16 else 'fp32'}-{impl}.json"
     laws = None
@@ -367,7 +422,7 @@ def current(bf16: bool, impl: str) -> dict:
     except (OSError, ValueError, KeyError):
         pass
     if laws is None:
-        laws = probe(bf16, impl)
+        laws = probe(bf16, impl, device)
         try:  # a cache that cannot be written only costs a probe next time
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -379,10 +434,24 @@ def current(bf16: bool, impl: str) -> dict:
     return laws
 
 
-def for_run(bf16: bool, impl: str) -> dict:
-    """What a run file records: the machine and its laws for the run's arithmetic (JSON-able)."""
-    return {"machine": machine(), "arith": "bf16" if bf16 else "fp32", "impl": impl,
-            "laws": current(bf16, impl), "probe_version": PROBE_VERSION}
+def for_run(bf16: bool, impl: str, device: str = "cpu") -> dict:
+    """What a run file records: the machine and its laws for the run's arithmetic on the device it trained
+    on (JSON-able)."""
+    device = device_kind(device)
+    return {"machine": machine(device), "device": device, "arith": "bf16" if bf16 else "fp32", "impl": impl,
+            "laws": current(bf16, impl, device), "probe_version": PROBE_VERSION}
+
+
+def available(device: str) -> bool:
+    """Whether this machine can run `device`'s kernels (to borrow a recorded library kernel from it)."""
+    import torch
+
+    kind = device_kind(device)
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return kind == "cpu"
 
 
 def pin_numerics() -> None:

@@ -107,7 +107,13 @@ class _SRNoise:
         self.shapes = [tuple(p.shape) for p in params]
         self.w_index = next(i for i, p in enumerate(params) if p is model.W)
         self.rows = np.asarray(run.tokens)
-        self.gen = torch.Generator().manual_seed(int(run.config["precision"]["sr_seed"]))
+        # the generator of the device that trained (CUDA's Philox draws other numbers than the CPU's)
+        self.device = str(run.config["train"]["device"])
+        if not kernel_laws.available(self.device):
+            raise DataError(f"{run.path.name}: trained on {self.device} with stochastic rounding; its noise "
+                            f"comes from {self.device}'s random generator, so replay it on a machine with "
+                            f"{kernel_laws.device_kind(self.device)}")
+        self.gen = torch.Generator(device=self.device).manual_seed(int(run.config["precision"]["sr_seed"]))
         self.step = 0
 
     def at(self, t: int) -> np.ndarray:
@@ -117,28 +123,40 @@ class _SRNoise:
         while self.step < t:
             self.step += 1
             for i, shape in enumerate(self.shapes):
-                n = self.torch.randint(0, 1 << 16, shape, generator=self.gen, dtype=self.torch.int32)
+                n = self.torch.randint(0, 1 << 16, shape, generator=self.gen, dtype=self.torch.int32,
+                                       device=self.device)
                 if i == self.w_index and self.step == t:
-                    noise = n.numpy()[self.rows]
+                    noise = n.cpu().numpy()[self.rows]
         return noise
 
 
 def laws_of(run, bf16: bool, impl: str, laws: dict | None = None) -> tuple[dict, str, list[str]]:
     """(kernel laws for the replay, where they came from, notes on borrowed kernels)."""
-    here = kernel_laws.current(bf16, impl)
     rec = run.kernel_laws or {}
+    # the device the run trained on (a GPU run's kernels are the GPU's); replayed there when this machine has
+    # one of that kind, else the CPU's library kernels stand in for the borrowed ones
+    device = rec.get("device", "cpu")
+    here_device = device if kernel_laws.available(device) else "cpu"
+    here = kernel_laws.current(bf16, impl, here_device)
     notes = []
     if rec.get("laws") and rec.get("arith") == ("bf16" if bf16 else "fp32") and rec.get("impl") == impl:
         base = dict(rec["laws"])
         m = rec.get("machine", {})
-        source = (f"recorded by the training machine ({m.get('cpu', '?')}, ATen {m.get('aten_capability', '?')}, "
+        on = (f"{m.get('gpu', '?')}, CUDA {m.get('cuda', '?')}" if device == "cuda" else
+              f"{m.get('cpu', '?')}, ATen {m.get('aten_capability', '?')}")
+        source = (f"recorded by the training machine ({on}, "
                   f"torch {m.get('torch', '?')}{', ' + str(m.get('env')) if m.get('env') else ''})")
     else:
         base = dict(here)
         source = "probed on this machine (the run file does not record its machine's kernel laws)"
+    if here_device != device:
+        notes.append(f"trained on {device}, replayed on this machine's cpu (no {device} here): the numpy laws "
+                     "are the training device's, borrowed library kernels come from the cpu")
     for k, law in base.items():
         if not str(law).startswith("library"):
             continue
+        if here.get(k) != law and kernel_laws.library_device(law) != here_device:
+            base[k] = here.get(k, "library")  # a kernel of a device this machine lacks: borrow its own
         if here.get(k) == law:
             notes.append(f"{k}: no law reproduces it; borrowed from this machine's torch ({law}, same "
                          "fingerprint as the training machine)" if rec.get("laws") else

@@ -10,8 +10,9 @@ stored runs need not train again: an entry in `equivalences.json` maps the old m
 ones, and the store re-keys those runs. This module is how such an entry is earned, never written by hand:
 each version trains the matrix in its own fresh process (its own `experiments` package on `sys.path`, its
 own store and prepared data) and every pair of run files must agree in every dataset's bytes and every
-root attribute except those that name the key or the moment (`IGNORED_ATTRS`) and the prepared-data cache
-address inside `corpus_manifest` (it hashes corpus.py's text; the corpus itself is compared by its sha256).
+root attribute except those that name the key or the moment (`IGNORED_ATTRS`), the prepared-data cache
+address inside `corpus_manifest` (it hashes corpus.py's text; the corpus itself is compared by its sha256)
+and, of `kernel_laws`, everything but the laws themselves (the probe's version, the machine's details).
 
 The default matrix is every preset (sweeps: their smoke members), smoke-sized (`LAB_SMOKE=1`), plus the
 variants no preset covers: each precision with m, v, grad and master recorded, each optimizer
@@ -101,6 +102,9 @@ def train_all(tree: Path, store: Path, matrix: list[tuple[str, dict]], smoke: bo
 
 def _attrs(f: h5py.File) -> dict:
     out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items() if k not in IGNORED_ATTRS}
+    if "kernel_laws" in out:  # the laws are content; the probe's version and the machine's details are not
+        laws = json.loads(out["kernel_laws"])
+        out["kernel_laws"] = {"device": laws.get("device", "cpu"), **{k: laws.get(k) for k in ("arith", "impl", "laws")}}
     if "corpus_manifest" in out:  # its "key" addresses the prepared-data cache, which hashes corpus.py's text
         manifest = json.loads(out["corpus_manifest"])
         manifest.pop("key", None)

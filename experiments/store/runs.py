@@ -81,7 +81,7 @@ def compute_key(cfg: dict, prepared, sources: dict[str, str] | None = None) -> t
         # float32 optimizer state meets kernels whose bits depend on the machine's libraries (MKL's square
         # root differs between its code paths): the probed laws are part of what decides the recording
         from experiments.physics import laws
-        parts["kernel_laws"] = laws.current(False, cfg["optim"]["impl"])
+        parts["kernel_laws"] = laws.current(False, cfg["optim"]["impl"], cfg["train"]["device"])
     key = hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
     return key, parts
 
@@ -467,7 +467,7 @@ def _train_into(cfg: dict, prepared, key: str, parts: dict, final: Path, progres
 def _kernel_laws(cfg: dict) -> dict:
     from experiments.physics import laws
     prec = cfg["precision"]["dtype"]
-    return laws.for_run(prec == "bf16", cfg["optim"]["impl"])
+    return laws.for_run(prec == "bf16", cfg["optim"]["impl"], cfg["train"]["device"])
 
 
 def _sweep_member(cfg: dict) -> tuple[str, float]:

@@ -115,7 +115,7 @@ def test_a_process_whose_kernels_behave_differently_does_not_reuse_the_cached_pr
     probed = []
     monkeypatch.setattr(laws, "probe", lambda *a: probed.append(a) or {"sqrt": "ieee"})
     laws.current(False, "single")
-    assert probed == [(False, "single")]
+    assert probed == [(False, "single", "cpu")]
     assert len(list(cached.parent.glob("*.json"))) == 2
 
 

@@ -98,6 +98,40 @@ def test_a_recording_from_another_machine_is_replayed_with_that_machines_laws(st
         other.explanation
 
 
+def _no_cuda():
+    import torch
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _no_cuda(), reason="this machine has CUDA: the fallback is for machines without")
+def test_a_gpu_recording_replayed_without_a_gpu_borrows_the_cpus_kernels_and_says_so(store, tiny):
+    """A run file from a GPU names the GPU's laws; a CPU-only machine keeps the numpy laws, takes its own
+    library kernels for the GPU's borrowed ones, and the report says so."""
+    import h5py
+
+    run = _run(tiny, optim={"impl": "fused", "betas": [0.9, 0.95], "weight_decay": 0.1})
+    with h5py.File(run.path, "r+") as f:
+        rec = json.loads(f.attrs["kernel_laws"])
+        rec["device"] = "cuda"
+        rec["machine"].update(device="cuda", gpu="NVIDIA H200", gpu_capability="9.0", cuda="13.0")
+        rec["laws"]["step"] = "library@cuda:0123456789ab"
+        f.attrs["kernel_laws"] = json.dumps(rec)
+    result = verify.verify(experiments.find(run.key))
+    assert "NVIDIA H200, CUDA 13.0" in result.source
+    assert any(n.startswith("trained on cuda, replayed on this machine's cpu") for n in result.notes), result.notes
+    assert any("library@cuda:0123456789ab" in n and "borrowing this machine's" in n for n in result.notes)
+    assert result.exact  # it really was trained on this CPU: the CPU's fused kernel reproduces it
+
+
+@pytest.mark.skipif(not _no_cuda(), reason="this machine has CUDA")
+def test_stochastic_rounding_from_a_gpu_needs_a_gpu_to_replay(store, tiny):
+    run = _run(tiny, precision={"dtype": "fp32-master-sr", "sr_seed": 5}, optim=FLANNEL,
+               record={"tensors": ["W", "m", "v", "grad", "master"]})
+    run.config["train"]["device"] = "cuda"
+    with pytest.raises(DataError, match="trained on cuda with stochastic rounding.*machine with cuda"):
+        verify.verify(run)
+
+
 def test_the_report_names_the_machine_that_trained_the_run_and_the_one_replaying_it(store, tiny):
     """A cluster trains runs on many machines: the report says which one trained this run, and what differs."""
     import h5py

@@ -25,11 +25,11 @@ res["seconds"] = round(time.time() - t0, 1)
 print(json.dumps(res, indent=1))
 PY
 echo "== CPU invariants on this machine's CPU"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/rig/test_adam.py tests/rig/test_verify.py 2>&1 \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/rig/test_adam.py tests/rig/test_verify.py 2>&1 \
   | tee "$out/cpu_tests.log" | tail -8
 echo "== CUDA"
-timeout 300 python3 -m pytest -q -p no:cacheprovider -rA tests/rig/test_cuda.py 2>&1 | tee "$out/cuda_tests.log" \
+timeout 200 python3 -m pytest -q -p no:cacheprovider -rA tests/rig/test_cuda.py 2>&1 | tee "$out/cuda_tests.log" \
   | grep -v "^PASSED" | tail -40
 echo "== bench_cuda"
-timeout 300 python3 bench/bench_cuda.py --steps 150 --repeat 2 --json "$out/bench_cuda.json" 2>&1 \
+timeout 170 python3 bench/bench_cuda.py --steps 150 --repeat 2 --json "$out/bench_cuda.json" 2>&1 \
   | tee "$out/bench_cuda.log"

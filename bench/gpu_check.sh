@@ -30,6 +30,26 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider tests/rig/test_adam.py test
 echo "== CUDA"
 timeout 200 python3 -m pytest -q -p no:cacheprovider -rA tests/rig/test_cuda.py 2>&1 | tee "$out/cuda_tests.log" \
   | grep -v "^PASSED" | tail -40
+echo "== CUDA runs for another machine to verify (cuda_runs.tar)"
+LAB_STORE=/tmp/gpu-check-runs python3 - <<'PY' 2>&1 | tail -8
+import sys
+sys.path.insert(0, "tests/rig")
+from conftest import _tiny
+import experiments
+rec = {"tensors": ["W", "m", "v", "grad", "master"]}
+variants = {"bf16-foreach": {}, "bf16-single": {"optim": {"impl": "single", "weight_decay": 0.1}},
+            "bf16-fused": {"optim": {"impl": "fused", "betas": [0.9, 0.95], "weight_decay": 0.1}},
+            "fp32": {"precision": {"dtype": "fp32"}},
+            "master-rne": {"precision": {"dtype": "fp32-master-rne"}, "record": rec},
+            "master-sr": {"precision": {"dtype": "fp32-master-sr", "sr_seed": 5}, "record": rec}}
+for name, sections in variants.items():
+    optim = {"schedule": "linear", "clip": 0.05, **sections.pop("optim", {})}
+    run = experiments.run(_tiny(name=f"cuda-{name}", train={"steps": 8, "device": "cuda"}, optim=optim,
+                                **sections), progress=False)
+    print(name, run.key, run.path.name)
+PY
+(cd /tmp/gpu-check-runs && tar cf "$out/cuda_runs.tar" *.h5)
+[ -n "${SKIP_BENCH:-}" ] && exit 0
 echo "== bench_cuda"
 timeout 170 python3 bench/bench_cuda.py --steps 150 --repeat 2 --json "$out/bench_cuda.json" 2>&1 \
   | tee "$out/bench_cuda.log"

@@ -55,15 +55,16 @@ PROBE_VERSION = 4  # bump when the probe suite or the candidates change
 
 # Candidate laws per kernel, most specific first. "f32": a Python scalar enters the kernel as float32;
 # "dtype": it is first rounded to the tensor's dtype (what foreach's scalar overloads do to bf16 tensors).
-# "recip" and "div-first…" are the CUDA kernels' habits: division by a CPU scalar as a multiplication by its
-# float32 reciprocal, and addcdiv written a + s·(b / c), which nvcc contracts into one fused multiply-add.
+# "recip…", "div-first…" and "mul-first…" are the CUDA kernels' habits: division by a CPU scalar as a
+# multiplication by its reciprocal, and addcdiv / addcmul written a + s·(b / c) and a + s·(b·c), which nvcc
+# contracts into one fused multiply-add.
 CANDIDATES = {
     "decay": ("f32", "dtype"),
     "lerp": ("fma", "fma-dtype", "unfused"),
     "beta2": ("f32", "dtype"),
-    "addcmul": ("fma", "fma-dtype", "unfused"),
+    "addcmul": ("fma", "fma-dtype", "unfused", "mul-first-fma", "mul-first"),
     "sqrt": ("ieee",),
-    "bias2": ("f32", "dtype", "recip"),
+    "bias2": ("f32", "dtype", "recip", "recip64"),
     "eps": ("dtype", "f32"),
     "addcdiv": ("f32", "dtype", "div-first-fma", "div-first"),
 }
@@ -138,6 +139,9 @@ def kernel(name: str, law: str, bf16: bool, impl: str, *args):
         v, g, c = args
         if law == "unfused":
             return v + (F32(c) * g) * g
+        if law.startswith("mul-first"):
+            gg = g * g
+            return fma32(np.full_like(gg, F32(c)), gg, v) if law == "mul-first-fma" else v + F32(c) * gg
         c32 = scalar(c, "dtype" if law == "fma-dtype" else "f32", bf16)
         return fma32(c32 * g, g, v)
     if name == "sqrt":
@@ -146,6 +150,8 @@ def kernel(name: str, law: str, bf16: bool, impl: str, *args):
         d, s = args
         if law == "recip":
             return d * (F32(1) / scalar(s, "f32", bf16))
+        if law == "recip64":  # the reciprocal taken in double precision, then rounded to float32
+            return d * F32(1.0 / float(s))
         return d / scalar(s, law, bf16)
     if name == "eps":
         d, e = args
@@ -273,6 +279,11 @@ def _probe_cases(name: str, bf16: bool):
         n = 1 << 21
         d = rnd(_inputs(rng, n, 1e-3, positive=True) + F32(1e-9), bf16)
         yield (rnd(_inputs(rng, n, 0.5), bf16), rnd(_inputs(rng, n, 1e-3), bf16), d, -1.3e-3)
+    if bf16 and name == "addcmul":  # one long vector where v and (1 − β₂)·g² are alike
+        n = 1 << 21
+        g = rnd(_inputs(rng, n, 1e-2), bf16)
+        v = rnd((F32(0.05) * g * g * F32(10.0) ** rng.uniform(-1, 1, n).astype(F32)).astype(F32), bf16)
+        yield (v, g, 0.05)
     if bf16 and name == "bias2":
         # d / s has only 256 mantissas per scalar (d's 8 bits, two binades), so sweep the scalar instead
         d = to_float32(np.arange(0x3F80, 0x4080, dtype=np.uint16))  # every bf16 in [1, 4)
@@ -285,15 +296,24 @@ def _digest(h, x: np.ndarray) -> None:
 
 
 def probe_kernel(name: str, bf16: bool, impl: str, device: str = "cpu") -> str:
-    """The law of one kernel on this machine: the first candidate that reproduces torch on every probe."""
+    """The law of one kernel on this machine: the first candidate that reproduces torch on every probe.
+
+    Two candidates can agree on every bf16 probe (a one-ULP float32 difference that almost never moves a bf16
+    rounding: v + s·(g·g) with and without a fused multiply-add, g·g being exact). The kernel computes in
+    float32 for both dtypes, so the float32 probe of the same kernel, which tells them apart, decides.
+    """
     cases = list(_probe_cases(name, bf16))
     wants = [rnd(torch_kernel(name, impl, bf16, *(a.copy() if isinstance(a, np.ndarray) else a for a in c),
                               device=device), bf16)
              for c in cases]
-    for law in CANDIDATES[name]:
-        if all(np.array_equal(rnd(kernel(name, law, bf16, impl, *c), bf16).view(np.uint32), w.view(np.uint32))
-               for c, w in zip(cases, wants, strict=True)):
-            return law
+    found = [law for law in CANDIDATES[name]
+             if all(np.array_equal(rnd(kernel(name, law, bf16, impl, *c), bf16).view(np.uint32), w.view(np.uint32))
+                    for c, w in zip(cases, wants, strict=True))]
+    if len(found) > 1 and bf16:
+        in_fp32 = current(False, impl, device)[name]
+        return in_fp32 if in_fp32 in found else found[0]
+    if found:
+        return found[0]
     h = hashlib.sha256()
     for w in wants:
         _digest(h, w)

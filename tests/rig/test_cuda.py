@@ -79,7 +79,9 @@ def test_the_probed_cuda_laws_reproduce_torch_adamw_on_the_gpu(impl, bf16, beta2
     conv = adam.f32_to_bf16 if bf16 else (lambda x: x)
     W, m, v, g = (conv(x) for x in (W, m, v, g))
     hp = adam.Hyper(lr=lr * (1000 - t + 1) / 1000, beta2=beta2, weight_decay=wd)
-    clip = 0.37 if impl != "fused" else 1.0
+    # a bf16 model's clip scale is a bf16 value (torch computes the norm in the gradients' dtype), and CUDA's
+    # mul_ by a 0-d device tensor rounds it to the tensor's dtype where the CPU's keeps float32: 0.375 is exact
+    clip = 0.375 if impl != "fused" else 1.0
     want = _torch_step_cuda(W, m, v, g, t, hp, clip, impl, bf16)
     got = adam.adamw_step(W, m, v, g, t, hp, clip_scale=clip, bf16=bf16, impl=impl,
                           laws=laws.current(bf16, impl, "cuda"))

@@ -6,6 +6,8 @@ config (flannel-1, batch 8x128, no recording) and the seeds' batch (32x128), and
 vocabulary-sized work (logits, softmax / cross-entropy and their backward) and in the optimizer. With
 `--record` a third table profiles flannel-1 recording W, m, v, grad of all rows every step.
 The first steps (allocator growth, kernel selection) are profiled away by a warm-up run first.
+`--device cuda` profiles on the GPU (CPU and CUDA activity; kernel launches per step), and the plain PyTorch
+loop of bench_train.py beside ours, since on a GPU a model this small is bound by launches, not arithmetic.
 The markdown written to --out is what bench/results/profile_step.md holds.
 """
 
@@ -43,7 +45,39 @@ def _bucket(name: str) -> str | None:
     return None
 
 
-def profile_config(preset: str, steps: int, overrides: dict, tmp: Path, prepared_cache: dict) -> tuple[str, str]:
+def _launches(events, steps: int) -> str:
+    n = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    return f"; {n / steps:.0f} kernel launches per step" if n else ""
+
+
+def _activities(device: str) -> list:
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+
+
+def profile_plain(preset: str, steps: int, device: str, prepared_cache: dict) -> tuple[str, str]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_train import plain_loop
+
+    cfg = load_config(preset, **{"train.device": device})
+    key = (cfg["corpus"]["train_bytes"], cfg["tokenizer"]["vocab_size"])
+    if key not in prepared_cache:
+        prepared_cache[key] = R._prepare(cfg, R.store_dir())
+    prepared = prepared_cache[key]
+    plain_loop(cfg, prepared.ids, prepared.vocab_size, 11, device)
+    with profile(activities=_activities(device)) as prof:
+        t0 = time.perf_counter()
+        plain_loop(cfg, prepared.ids, prepared.vocab_size, steps, device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    table = events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    return (f"plain loop, {preset} on {device}: {wall / steps * 1000:.2f} ms/step under the profiler"
+            f"{_launches(events, steps)}"), table
+
+
+def profile_config(preset: str, steps: int, overrides: dict, tmp: Path, prepared_cache: dict,
+                   device: str = "cpu") -> tuple[str, str]:
+    if device != "cpu":
+        overrides = {**overrides, "train.device": device}
     cfg = resolve_device(load_config(preset, **{"train.steps": steps, **overrides}))
     key = (cfg["corpus"]["train_bytes"], cfg["tokenizer"]["vocab_size"])
     if key not in prepared_cache:
@@ -52,7 +86,7 @@ def profile_config(preset: str, steps: int, overrides: dict, tmp: Path, prepared
     attrs = {"name": "profile", "key": "0" * 16}
     train(cfg, prepared, tmp / "warm.h5", attrs, progress=False)  # warm-up
     (tmp / "warm.h5").unlink()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=_activities(device)) as prof:
         t0 = time.perf_counter()
         out = train(cfg, prepared, tmp / "p.h5", attrs, progress=False)
         wall = time.perf_counter() - t0
@@ -69,7 +103,7 @@ def profile_config(preset: str, steps: int, overrides: dict, tmp: Path, prepared
     summary = (f"{preset} {cfg['train']['batch_size']}x{cfg['train']['seq_len']} {overrides or ''}: "
                f"{wall / steps * 1000:.1f} ms/step under the profiler (best 10-step window "
                f"{out['best_step_seconds'] * 1000:.1f} ms); self CPU time: "
-               + ", ".join(f"{b} {share[b] / total * 100:.0f} %" for b in _BUCKETS))
+               + ", ".join(f"{b} {share[b] / total * 100:.0f} %" for b in _BUCKETS) + _launches(events, steps))
     return summary, table
 
 
@@ -78,6 +112,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30, help="profiled steps per config")
     ap.add_argument("--record", action="store_true", help="also profile full recording (W m v grad, all rows)")
     ap.add_argument("--out", type=Path, help="write the tables as markdown here")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default cpu)")
     args = ap.parse_args()
     configs = [("flannel-1", {"record.tensors": []}), ("flannel-1-seed", {"record.tensors": []})]
     if args.record:
@@ -90,10 +125,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="profile-step-") as tmp:
         for preset, overrides in configs:
             print(f"profiling {preset} {overrides} ...", flush=True)
-            summary, table = profile_config(preset, args.steps, overrides, Path(tmp), cache)
+            summary, table = profile_config(preset, args.steps, overrides, Path(tmp), cache, args.device)
             print(summary)
             print(table, flush=True)
             lines += [f"## {summary}", "", "```", table, "```", ""]
+            if args.device != "cpu" and not overrides.get("record.tensors"):
+                summary, table = profile_plain(preset, args.steps, args.device, cache)
+                print(summary)
+                print(table, flush=True)
+                lines += [f"## {summary}", "", "```", table, "```", ""]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines))

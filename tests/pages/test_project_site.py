@@ -29,6 +29,8 @@ def test_every_real_page_renders_under_the_smoke_profile(tmp_path, capsys, monke
     for folder in ("log", "lore"):
         if (ROOT / folder).is_dir():
             shutil.copytree(ROOT / folder, root / folder)
+    # the H200's runs, which lore/laws-of-physics replays on this CPU
+    shutil.copytree(ROOT / "tests" / "fixtures" / "cuda_runs", root / "tests" / "fixtures" / "cuda_runs")
     monkeypatch.setenv("LAB_SMOKE", "1")
     monkeypatch.setenv("LAB_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kernels import `experiments` from this checkout
@@ -48,3 +50,5 @@ def test_every_real_page_renders_under_the_smoke_profile(tmp_path, capsys, monke
     for src in sources:
         if src.startswith("lore/"):
             assert (site / "lore" / f"{Path(src).stem}.html").is_file(), src
+    laws_page = (site / "lore" / "laws-of-physics.html").read_text(encoding="utf-8")
+    assert laws_page.count("bit-exact, 63,744 elements") == 3  # every GPU run replays here

@@ -52,3 +52,4 @@ def test_every_real_page_renders_under_the_smoke_profile(tmp_path, capsys, monke
             assert (site / "lore" / f"{Path(src).stem}.html").is_file(), src
     laws_page = (site / "lore" / "laws-of-physics.html").read_text(encoding="utf-8")
     assert laws_page.count("bit-exact, 63,744 elements") == 3  # every GPU run replays here
+    assert "a recording from that GPU verifies on any CPU" in laws_page  # printed only when that holds
